@@ -1,0 +1,35 @@
+# tunewatch: `make up` runs the stack on its demo workload, `make test` runs the tests.
+# Both bootstrap what they need first (scripts/bootstrap.sh: idempotent, quiet when done).
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+TUNEWATCH := $(VENV)/bin/tunewatch
+UP_ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap up test bench lint clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+up: bootstrap
+	@$(TUNEWATCH) up $(UP_ARGS)
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
+test: bootstrap
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+bench: bootstrap
+	@$(PY) bench/run_all.py
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check .
+	@promtool check config prometheus/prometheus.yml
+	@promtool check rules prometheus/rules/*.yml
+	@promtool test rules prometheus/tests/*.yml
+	@amtool check-config alertmanager/alertmanager.yml
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Bootstrap shared by `make up` and `make test`: idempotent, quiet when all is there.
+#  1. the Debian packages prometheus, prometheus-alertmanager, prometheus-node-exporter and
+#     postgresql when their binaries are missing (apt-get --no-install-recommends);
+#  2. a virtual environment in .venv;
+#  3. torch==2.13.0 only when no torch is importable (GPU hosts install their own build
+#     first; a constraint keeps every other requirement on the torch that is there);
+#  4. tunewatch itself (editable) with its Python dependencies, redone only when
+#     pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="${TUNEWATCH_TORCH_VERSION:-2.13.0}"
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+postgres_present() {
+    command -v postgres >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
+}
+
+missing_packages() {
+    local pkgs=()
+    { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || pkgs+=(prometheus)
+    { command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null; } \
+        || pkgs+=(prometheus-alertmanager)
+    command -v prometheus-node-exporter >/dev/null || pkgs+=(prometheus-node-exporter)
+    { postgres_present && command -v psql >/dev/null; } || pkgs+=(postgresql)
+    echo "${pkgs[@]:-}"
+}
+
+install_debian_packages() {
+    local pkgs
+    pkgs="$(missing_packages)"
+    [ -z "$pkgs" ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; fi
+    fi
+    if ! command -v apt-get >/dev/null || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
+        say "missing system packages: $pkgs"
+        say "install them, then run this again, e.g. on Debian/Ubuntu as root:"
+        say "  apt-get install --no-install-recommends $pkgs"
+        say "(elsewhere: Prometheus >= 2.40 with promtool, Alertmanager >= 0.25 with amtool,"
+        say " node_exporter, PostgreSQL >= 13, with prometheus-alertmanager and"
+        say " prometheus-node-exporter on PATH under those names)"
+        exit 1
+    fi
+    say "installing Debian packages: $pkgs"
+    # shellcheck disable=SC2086
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $pkgs >/dev/null
+    local still
+    still="$(missing_packages)"
+    if [ -n "$still" ]; then say "still missing after apt-get: $still"; exit 1; fi
+}
+
+make_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    fi
+}
+
+install_torch() {
+    if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
+        say "installing torch==$TORCH_VERSION (none importable in $VENV)"
+        "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+    fi
+}
+
+install_project() {
+    local stamp="$VENV/.tunewatch-installed" want have="" torch_now constraints
+    torch_now="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+    want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) torch=$torch_now"
+    [ -f "$stamp" ] && have="$(cat "$stamp")"
+    if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import tunewatch, transformers' 2>/dev/null; then
+        return 0
+    fi
+    say "installing tunewatch and its Python dependencies into $VENV"
+    constraints="$(mktemp)"
+    echo "torch==$torch_now" >"$constraints"
+    "$VENV/bin/python" -m pip install -q -c "$constraints" -e ".[dev]"
+    rm -f "$constraints"
+    echo "$want" >"$stamp"
+}
+
+install_debian_packages
+make_venv
+install_torch
+install_project

@@ -1,0 +1,69 @@
+"""Session fixtures: real monitoring services and the tiny real model.
+
+Session scope keeps the suite fast: one Prometheus, one Alertmanager, one node_exporter, one
+PostgreSQL and one trained tiny model serve every test; tests add their own scrape targets
+(file-based discovery) so they do not disturb each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from services import Alertmanager, NodeExporter, Postgres, Prometheus
+
+REPO = Path(__file__).resolve().parent.parent
+
+TEST_ALERTMANAGER_CONFIG = """\
+route:
+  receiver: blackhole
+receivers:
+  - name: blackhole
+"""
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus")).start()
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture(scope="session")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
+    am = Alertmanager(tmp_path_factory.mktemp("alertmanager"), TEST_ALERTMANAGER_CONFIG).start()
+    yield am
+    am.stop()
+
+
+@pytest.fixture(scope="session")
+def node_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeExporter]:
+    ne = NodeExporter(tmp_path_factory.mktemp("node_exporter")).start()
+    yield ne
+    ne.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+    pg.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A trained tiny Qwen3 model: checkpoint-100/200/300 and an easy/medium/hard suite."""
+    from tunewatch.tinymodel import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.mktemp("tiny"), max_steps=300, save_steps=100)

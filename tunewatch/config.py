@@ -1,0 +1,439 @@
+"""One YAML configuration for every tunewatch process, with environment overrides.
+
+Why one file: the trainer, the sidecar, the host exporter and the evaluator of one run must
+agree on names (the run label, directories, ports). Each process reads the same
+`tunewatch.yml` (its path from `--config` or `TUNEWATCH_CONFIG`) and only the sections it
+needs. Every key has a documented default, so an absent file is a valid configuration.
+
+Environment overrides: `TUNEWATCH_<SECTION>__<KEY>` (double underscore between levels), the
+value parsed as a YAML scalar, e.g. `TUNEWATCH_EVALUATOR__BATCH_SIZE=32`. The run label is the
+one exception the design fixes: `TUNEWATCH_RUN` sets `run`.
+
+Validation happens once at start; each error names the key (and the file and line where the
+value came from), so a typo is found before a long run, not after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ENV_PREFIX = "TUNEWATCH_"
+ENV_CONFIG_PATH = "TUNEWATCH_CONFIG"
+DEFAULT_CONFIG_NAME = "tunewatch.yml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and where it came from."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ProcessTarget:
+    """One process the host exporter follows: found by pid file, name or command line."""
+
+    name: str = ""
+    pid_file: str = ""
+    process_name: str = ""
+    cmdline_pattern: str = ""
+
+
+@dataclass
+class QueueDir:
+    """A data queue directory; `priority` is the label its metrics carry."""
+
+    path: str = ""
+    priority: Literal["high", "normal", "low"] = "normal"
+
+
+@dataclass
+class ExporterConfig:
+    """`tunewatch exporter`: the host exporter (GPU, process and files collectors)."""
+
+    listen_address: str = "127.0.0.1:9945"
+    web_config_file: str = ""
+    max_concurrent_scrapes: int = 8
+    collector_timeout_seconds: float = 5.0
+    collectors: dict[str, bool] = field(
+        default_factory=lambda: {"gpu": True, "process": True, "files": True}
+    )
+    processes: list[ProcessTarget] = field(default_factory=list)
+    checkpoint_dirs: list[str] = field(default_factory=list)
+    queue_dirs: list[QueueDir] = field(default_factory=list)
+    gpu_max_processes: int = 16
+    gpu_sample_interval_seconds: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    """Training metrics: the in-process callback and `tunewatch training-sidecar`."""
+
+    listen_address: str = "127.0.0.1:9946"
+    web_config_file: str = ""
+    status_file: str = "status/training_status.json"
+    queue_dirs: list[QueueDir] = field(default_factory=list)
+    stale_after_seconds: float = 300.0
+    crash_grace_seconds: float = 30.0
+
+
+@dataclass
+class ContractConfig:
+    """An output contract for one regime (the seeds' emoji contracts)."""
+
+    required_prefix: str = ""
+    stop_marker: str = ""
+
+
+@dataclass
+class RegressionConfig:
+    """When a drop counts as a regression (DESIGN section 9)."""
+
+    min_drop_overall: float = 0.05
+    min_drop_per_difficulty: float = 0.10
+    max_p_value: float = 0.05
+    loss_rise_ratio: float = 0.15
+
+
+@dataclass
+class EvaluatorConfig:
+    """The evaluation core (`tunewatch eval-once`) and the daemon (`tunewatch evaluate`)."""
+
+    listen_address: str = "127.0.0.1:9947"
+    web_config_file: str = ""
+    checkpoints: str = "var/demo/checkpoints"
+    data: str = "var/demo/data"
+    files: list[str] = field(default_factory=list)
+    state_dir: str = "var/evaluator"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    stop_strings: list[str] = field(default_factory=list)
+    think: Literal["strip", "keep"] = "strip"
+    normalize_regexes: list[str] = field(default_factory=list)
+    no_chat_template: Literal["error", "plain"] = "error"
+    contracts: dict[str, ContractConfig] = field(default_factory=dict)
+    calibration_bins: list[float] = field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0]
+    )
+    length_buckets: list[int] = field(default_factory=lambda: [0, 50, 100, 200])
+    confidence_level: float = 0.95
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    composite_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "exact_match": 0.6,
+            "likelihood": 0.2,
+            "calibration": 0.1,
+            "contract": 0.1,
+        }
+    )
+    last_k: int = 5
+    settle_seconds: float = 2.0
+    rescan_seconds: float = 30.0
+
+
+@dataclass
+class StackConfig:
+    """`make up` / `tunewatch up`: the local stack on 127.0.0.1, data under `data_dir`."""
+
+    data_dir: str = "var"
+    prometheus_config: str = "prometheus/prometheus.yml"
+    alertmanager_config: str = "alertmanager/alertmanager.yml"
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    node_exporter_port: int = 9100
+    webhook_port: int = 9948
+    scrape_interval_seconds: int = 5
+    prometheus_bin: str = "prometheus"
+    alertmanager_bin: str = "prometheus-alertmanager"
+    node_exporter_bin: str = "prometheus-node-exporter"
+    ready_timeout_seconds: float = 60.0
+    status_interval_seconds: float = 2.0
+
+
+@dataclass
+class DemoConfig:
+    """The built-in demo workload: a tiny real model trained on CPU."""
+
+    enabled: bool = True
+    max_steps: int = 600
+    save_steps: int = 50
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """The whole of tunewatch.yml."""
+
+    run: str = "default"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    source: str = field(default="(defaults)", metadata={"internal": True})
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+class _Validator:
+    """Turns plain YAML data into typed dataclasses, collecting every error."""
+
+    def __init__(self, lines: dict[str, int], source: str) -> None:
+        self.lines = lines
+        self.source = source
+        self.errors: list[str] = []
+
+    def error(self, key: str, message: str) -> None:
+        line = self.lines.get(key)
+        where = f"{self.source}:{line}" if line else self.source
+        self.errors.append(f"{where}: key '{key}': {message}")
+
+    def build(self, cls: type, data: Any, key: str) -> Any:
+        if not isinstance(data, dict):
+            self.error(key or "(top level)", f"expected a mapping, got {_describe(data)}")
+            return cls()
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in known:
+                choices = ", ".join(sorted(known))
+                self.error(sub, f"unknown key (known here: {choices})")
+                continue
+            values[name] = self.convert(hints[name], raw, sub)
+        return cls(**values)
+
+    def convert(self, tp: Any, raw: Any, key: str) -> Any:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if _is_dataclass_type(tp):
+            return self.build(tp, raw, key)
+        if origin is Literal:
+            if raw not in args:
+                self.error(key, f"expected one of {list(args)}, got {_describe(raw)}")
+                return args[0]
+            return raw
+        if origin in (typing.Union, types.UnionType):
+            return raw
+        if origin is list:
+            if not isinstance(raw, list):
+                self.error(key, f"expected a list, got {_describe(raw)}")
+                return []
+            return [self.convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(raw)]
+        if origin is dict:
+            if not isinstance(raw, dict):
+                self.error(key, f"expected a mapping, got {_describe(raw)}")
+                return {}
+            return {str(k): self.convert(args[1], v, f"{key}.{k}") for k, v in raw.items()}
+        return self.scalar(tp, raw, key)
+
+    def scalar(self, tp: Any, raw: Any, key: str) -> Any:
+        if tp is bool:
+            if not isinstance(raw, bool):
+                self.error(key, f"expected true or false, got {_describe(raw)}")
+                return False
+            return raw
+        if tp is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                self.error(key, f"expected an integer, got {_describe(raw)}")
+                return 0
+            return raw
+        if tp is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                self.error(key, f"expected a number, got {_describe(raw)}")
+                return 0.0
+            return float(raw)
+        if tp is str:
+            if raw is None:
+                return ""
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                self.error(key, f"expected a string, got {_describe(raw)}")
+                return ""
+            return str(raw)
+        return raw
+
+
+def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """Range rules that types alone cannot express: (key, ok, message)."""
+    ev = cfg.evaluator
+    bins = ev.calibration_bins
+    return [
+        ("evaluator.batch_size", ev.batch_size >= 1, "must be at least 1"),
+        ("evaluator.max_new_tokens", ev.max_new_tokens >= 1, "must be at least 1"),
+        ("evaluator.last_k", ev.last_k >= 1, "must be at least 1"),
+        (
+            "evaluator.calibration_bins",
+            len(bins) >= 2 and bins[0] == 0.0 and bins[-1] == 1.0 and bins == sorted(bins),
+            "must rise from 0.0 to 1.0 with at least two edges",
+        ),
+        (
+            "evaluator.length_buckets",
+            bool(ev.length_buckets) and ev.length_buckets == sorted(set(ev.length_buckets)),
+            "must be distinct rising token counts",
+        ),
+        ("evaluator.confidence_level", 0.5 < ev.confidence_level < 1.0, "must be in (0.5, 1)"),
+        (
+            "evaluator.regression.max_p_value",
+            0.0 < ev.regression.max_p_value < 1.0,
+            "must be in (0, 1)",
+        ),
+        ("exporter.max_concurrent_scrapes", cfg.exporter.max_concurrent_scrapes >= 1, ">= 1"),
+        ("exporter.collector_timeout_seconds", cfg.exporter.collector_timeout_seconds > 0, "> 0"),
+        ("demo.save_steps", cfg.demo.save_steps >= 1, "must be at least 1"),
+        ("demo.max_steps", cfg.demo.max_steps >= cfg.demo.save_steps, "must be >= save_steps"),
+    ]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Map dotted keys to the 1-based line of their value in the YAML text."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                key = f"{prefix}[{i}]"
+                lines[key] = item.start_mark.line + 1
+                walk(item, key)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
+    """Nested dict from TUNEWATCH_SECTION__KEY variables (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            try:
+                node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+            except yaml.YAMLError:
+                node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else "?"
+        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping at the top level, got {_describe(data)}")
+    return data, lines
+
+
+def find_config_path(explicit: str | None, environ: typing.Mapping[str, str]) -> Path | None:
+    """The config file to use: --config, then TUNEWATCH_CONFIG, then ./tunewatch.yml."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(ENV_CONFIG_PATH):
+        return Path(environ[ENV_CONFIG_PATH])
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None
+) -> Config:
+    """Load, merge environment overrides and validate; raises ConfigError listing all errors."""
+    environ = os.environ if environ is None else environ
+    chosen = find_config_path(str(path) if path else None, environ)
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    source = "(defaults)"
+    if chosen is not None:
+        data, lines = _read_yaml(chosen)
+        source = str(chosen)
+    overrides = _env_overrides(environ)
+    merged = _merge(data, overrides)
+    validator = _Validator(lines, source)
+    for key in _flatten_keys(overrides):
+        validator.lines.pop(key, None)
+    cfg = validator.build(Config, merged, "")
+    for key, ok, message in _positive_checks(cfg) if not validator.errors else []:
+        if not ok:
+            validator.error(key, message)
+    if validator.errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(validator.errors))
+    cfg.source = source
+    return cfg
+
+
+def _flatten_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_flatten_keys(value, dotted))
+    return keys
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain data (for `tunewatch config`)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source", None)
+    return data

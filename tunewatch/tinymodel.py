@@ -1,0 +1,396 @@
+"""The tiny real model shared by tests, benchmarks and the demo.
+
+Why: every part of tunewatch (training metrics, the evaluator, alerts, dashboards) must be
+proven against real transformers checkpoints, and nothing may be downloaded from a model hub.
+This module builds one from nothing in seconds on a CPU:
+
+- a byte-level BPE tokenizer trained offline with `tokenizers` on the task's own text, with
+  a ChatML chat template like Qwen3's (`<|im_start|>user ... <|im_end|>`);
+- a Qwen3-architecture causal LM of about 100k parameters;
+- a synthetic task (small additions: "What is 3+4?" -> "7") in three difficulties;
+- training with the real transformers Trainer, which writes `checkpoint-<step>/` directories
+  exactly as a real run does (weights, config, tokenizer, `trainer_state.json`);
+- a validation suite in the seeds' JSONL messages format (`easy_50.jsonl`, ...).
+
+`build_tiny_run` checks at the end that greedy exact match after training is above exact
+match before it, so a change that silently breaks learning fails loudly here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+DIFFICULTY_RANGES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "easy": ((0, 9), (0, 9)),
+    "medium": ((10, 99), (0, 9)),
+    "hard": ((10, 99), (10, 99)),
+}
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Sizes of the tiny Qwen3 model and its training; defaults give about 100k parameters."""
+
+    vocab_size: int = 320
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    max_position_embeddings: int = 128
+    learning_rate: float = 3e-3
+    batch_size: int = 32
+    train_examples: int = 4000
+    suite_size: int = 50
+
+
+@dataclass
+class TinyRun:
+    """What `build_tiny_run` produced: where the checkpoints and the suite are."""
+
+    root: Path
+    initial_dir: Path
+    checkpoints_dir: Path
+    data_dir: Path
+    checkpoints: list[Path] = field(default_factory=list)
+    exact_match_before: float = 0.0
+    exact_match_after: float = 0.0
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def make_example(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
+    """One addition problem: (question, answer, pattern); pattern says whether it carries."""
+    (alo, ahi), (blo, bhi) = DIFFICULTY_RANGES[difficulty]
+    a, b = rng.randint(alo, ahi), rng.randint(blo, bhi)
+    carry = (a % 10) + (b % 10) >= 10
+    return f"What is {a}+{b}?", str(a + b), "carry" if carry else "no_carry"
+
+
+def suite_records(difficulty: str, count: int, seed: int) -> list[dict[str, Any]]:
+    """Validation records in the seeds' messages format, distinct questions, fixed seed."""
+    rng = random.Random(f"suite-{difficulty}-{seed}")
+    seen: set[str] = set()
+    records: list[dict[str, Any]] = []
+    span = DIFFICULTY_RANGES[difficulty]
+    possible = (span[0][1] - span[0][0] + 1) * (span[1][1] - span[1][0] + 1)
+    while len(records) < min(count, possible):
+        question, answer, pattern = make_example(rng, difficulty)
+        if question in seen:
+            continue
+        seen.add(question)
+        records.append(
+            {
+                "id": f"{difficulty}-{len(records):03d}",
+                "regime": "plain_sft",
+                "source": "synthetic_addition",
+                "pattern": pattern,
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ],
+            }
+        )
+    return records
+
+
+def write_suite(data_dir: Path, count: int, seed: int = 0) -> list[Path]:
+    """Write easy_N.jsonl, medium_N.jsonl and hard_N.jsonl into data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for difficulty in DIFFICULTY_RANGES:
+        path = data_dir / f"{difficulty}_{count}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for record in suite_records(difficulty, count, seed):
+                fh.write(json.dumps(record) + "\n")
+        paths.append(path)
+    return paths
+
+
+def training_pairs(count: int, seed: int) -> list[tuple[str, str]]:
+    """Training problems, easy ones over-represented so that learning shows early."""
+    rng = random.Random(f"train-{seed}")
+    weights = {"easy": 0.5, "medium": 0.3, "hard": 0.2}
+    names = list(weights)
+    pairs = []
+    for _ in range(count):
+        difficulty = rng.choices(names, weights=[weights[n] for n in names])[0]
+        question, answer, _pattern = make_example(rng, difficulty)
+        pairs.append((question, answer))
+    return pairs
+
+
+def _corpus(pairs: Sequence[tuple[str, str]]) -> Iterator[str]:
+    for question, answer in pairs:
+        yield f"user\n{question}\nassistant\n{answer}\n"
+
+
+# --------------------------------------------------------------------------- tokenizer/model
+
+
+def build_tokenizer(spec: TinyModelSpec, pairs: Sequence[tuple[str, str]]) -> Any:
+    """Train a byte-level BPE tokenizer offline and wrap it as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(pairs), trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.padding_side = "left"
+    return wrapped
+
+
+def build_model(spec: TinyModelSpec, tokenizer: Any, seed: int) -> Any:
+    """A freshly initialised Qwen3ForCausalLM sized by spec."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS_TOKEN),
+        pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
+        bos_token_id=None,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.do_sample = False
+    return model
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- training data
+
+
+class AdditionDataset:
+    """Chat-templated training examples; the loss is on the answer and its end marker only."""
+
+    def __init__(self, tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> None:
+        self.items = [self._encode(tokenizer, q, a) for q, a in pairs]
+
+    @staticmethod
+    def _encode(tokenizer: Any, question: str, answer: str) -> dict[str, list[int]]:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer + EOS_TOKEN, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + answer_ids
+        return {"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.items[index]
+
+
+class PadCollator:
+    """Right-pads a batch for training (labels padded with -100)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(item["input_ids"]) for item in batch)
+        ids, labels, mask = [], [], []
+        for item in batch:
+            pad = width - len(item["input_ids"])
+            ids.append(item["input_ids"] + [self.pad_id] * pad)
+            labels.append(item["labels"] + [-100] * pad)
+            mask.append([1] * len(item["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    output_dir: Path,
+    *,
+    max_steps: int,
+    save_steps: int,
+    seed: int,
+    spec: TinyModelSpec,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """Train with the real transformers Trainer, saving checkpoint-<step>/ every save_steps."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        logging_steps=max(1, save_steps // 5),
+        per_device_train_batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        warmup_steps=max(1, max_steps // 20),
+        lr_scheduler_type="cosine",
+        weight_decay=0.0,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
+        save_only_model=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=AdditionDataset(tokenizer, pairs),
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    return trainer
+
+
+def greedy_exact_match(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]]) -> float:
+    """Share of records whose greedy answer equals the golden one (a quick self-check).
+
+    The evaluator (`evaluators`) is the real measurement; this exists so that building the
+    tiny run can prove on its own that training did something.
+    """
+    import torch
+
+    prompts = [
+        tokenizer.apply_chat_template(
+            [r["messages"][0]], tokenize=False, add_generation_prompt=True
+        )
+        for r in records
+    ]
+    goldens = [r["messages"][1]["content"].strip() for r in records]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    hits = sum(a.strip() == g for a, g in zip(answers, goldens, strict=False))
+    return hits / len(records)
+
+
+def _check_sample(seed: int) -> list[dict[str, Any]]:
+    return suite_records("easy", 50, seed)
+
+
+def build_tiny_run(
+    out_dir: Path,
+    *,
+    max_steps: int = 300,
+    save_steps: int = 100,
+    seed: int = 0,
+    spec: TinyModelSpec | None = None,
+    callbacks: Sequence[Any] = (),
+    require_learning: bool = True,
+) -> TinyRun:
+    """Build tokenizer, model, suite and a trained checkpoint series under out_dir."""
+    import torch
+
+    spec = spec or TinyModelSpec()
+    out_dir = Path(out_dir)
+    run = TinyRun(
+        root=out_dir,
+        initial_dir=out_dir / "initial",
+        checkpoints_dir=out_dir / "checkpoints",
+        data_dir=out_dir / "data",
+    )
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    write_suite(run.data_dir, spec.suite_size, seed)
+    pairs = training_pairs(spec.train_examples, seed)
+    tokenizer = build_tokenizer(spec, pairs)
+    model = build_model(spec, tokenizer, seed)
+    model.save_pretrained(run.initial_dir)
+    tokenizer.save_pretrained(run.initial_dir)
+    sample = _check_sample(seed)
+    run.exact_match_before = greedy_exact_match(model, tokenizer, sample)
+    log.info("tiny model: %d parameters", count_parameters(model))
+    train(
+        model, tokenizer, pairs, run.checkpoints_dir,
+        max_steps=max_steps, save_steps=save_steps, seed=seed, spec=spec, callbacks=callbacks,
+    )
+    run.exact_match_after = greedy_exact_match(model, tokenizer, sample)
+    run.checkpoints = list_checkpoints(run.checkpoints_dir)
+    log.info(
+        "tiny model: exact match on easy %.2f -> %.2f over %d steps",
+        run.exact_match_before, run.exact_match_after, max_steps,
+    )
+    if require_learning and run.exact_match_after <= run.exact_match_before:
+        raise RuntimeError(
+            f"tiny model did not learn: exact match {run.exact_match_before:.2f} -> "
+            f"{run.exact_match_after:.2f} after {max_steps} steps"
+        )
+    return run
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """checkpoint-<step> directories under root, by ascending step."""
+    found = []
+    for path in Path(root).glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    return [path for _step, path in sorted(found)]
