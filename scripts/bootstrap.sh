@@ -74,7 +74,7 @@ install_torch() {
 
 install_project() {
     local stamp="$VENV/.tunewatch-installed" want have="" torch_now constraints
-    torch_now="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+    torch_now="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)"
     want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) torch=$torch_now"
     [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import tunewatch, transformers' 2>/dev/null; then
