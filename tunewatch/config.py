@@ -168,6 +168,8 @@ class DemoConfig:
     max_steps: int = 600
     save_steps: int = 50
     seed: int = 0
+    step_delay_seconds: float = 0.1
+    output_dir: str = "var/demo"
 
 
 @dataclass

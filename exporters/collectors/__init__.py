@@ -1,0 +1,1 @@
+"""The host exporter's collectors, one source per module (gpu, process, files)."""
