@@ -201,9 +201,16 @@ def write_targets(data_dir: Path, template: dict[str, Any], components: list[Com
         path.write_text(yaml.safe_dump(group, sort_keys=False))
 
 
-def render_alertmanager_config(text: str, cfg: Config) -> str:
-    """The repository's alertmanager.yml with the webhook receiver on the configured port."""
-    return text.replace(DEFAULT_WEBHOOK, f"{LOCALHOST}:{cfg.stack.webhook_port}")
+def render_alertmanager_config(source: Path, cfg: Config) -> str:
+    """The repository's alertmanager.yml with absolute template paths and the webhook
+    receiver on the configured port."""
+    data = yaml.safe_load(source.read_text())
+    data["templates"] = [str((source.parent / t).resolve()) for t in data.get("templates", [])]
+    webhook = f"{LOCALHOST}:{cfg.stack.webhook_port}"
+    for receiver in data.get("receivers", []):
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = hook["url"].replace(DEFAULT_WEBHOOK, webhook)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def prepare_files(cfg: Config, data_dir: Path, components: list[Component]) -> None:
@@ -223,7 +230,7 @@ def prepare_files(cfg: Config, data_dir: Path, components: list[Component]) -> N
     write_targets(data_dir, template, components)
     (data_dir / "alertmanager").mkdir(parents=True, exist_ok=True)
     (data_dir / "alertmanager" / "alertmanager.yml").write_text(
-        render_alertmanager_config(am_src.read_text(), cfg)
+        render_alertmanager_config(am_src, cfg)
     )
 
 
