@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("tunewatch.stack", "run the local stack (Prometheus, Alertmanager, exporters, demo)"),
     "config": ("tunewatch.showconfig", "validate the configuration and print the effective one"),
     "alert-log": ("tunewatch.alertlog", "receive Alertmanager webhooks and log them as JSON lines"),
+    "eval-once": ("evaluators.eval_once", "evaluate one checkpoint on the validation suite"),
 }
 
 

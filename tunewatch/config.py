@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,7 +88,12 @@ class TrainingConfig:
 
 @dataclass
 class ContractConfig:
-    """An output contract for one regime (the seeds' emoji contracts)."""
+    """An output contract for one regime (the seeds' emoji contracts).
+
+    required_prefix: the answer (think blocks stripped, whitespace trimmed) must start with it;
+    stop_marker: it must end with it. The stop marker is also a stop string for that regime's
+    generation and stays part of the answer. Empty means no check.
+    """
 
     required_prefix: str = ""
     stop_marker: str = ""
@@ -105,7 +111,25 @@ class RegressionConfig:
 
 @dataclass
 class EvaluatorConfig:
-    """The evaluation core (`tunewatch eval-once`) and the daemon (`tunewatch evaluate`)."""
+    """The evaluation core (`tunewatch eval-once`) and the daemon (`tunewatch evaluate`).
+
+    Evaluation keys (docs/evaluation.md has the definitions):
+    data / files: the suite directory and its files (empty: every *.jsonl there).
+    device: auto | cpu | cuda | cuda:N. dtype: auto (float32 on CPU, the checkpoint's own
+    dtype on GPU) or an explicit one.
+    batch_size: examples per generation batch (halved and retried on out-of-memory).
+    max_new_tokens: generation budget; an answer that uses it all without ending is
+    `truncated`. stop_strings: extra strings that end an answer (removed from it).
+    think: strip (remove `<think>...</think>` before matching) | keep.
+    normalize_regexes: removed from both texts before normalized match.
+    no_chat_template: error (refuse such a checkpoint) | plain (each prompt turn, then a newline).
+    contracts: per regime, a ContractConfig.
+    calibration_bins: confidence bin edges from 0.0 to 1.0 (the seeds' bins by default).
+    length_buckets: prompt-length bucket edges in tokens (0-50, 50-100, 100-200, 200+).
+    confidence_level: of every Wilson interval.
+    composite_weights: weights of exact_match, likelihood (exp(-CE)), calibration (1 - ECE)
+    and contract (pass rate); parts that do not exist for a suite are left out.
+    """
 
     listen_address: str = "127.0.0.1:9947"
     web_config_file: str = ""
@@ -276,6 +300,17 @@ class _Validator:
         return raw
 
 
+COMPOSITE_PARTS = frozenset({"exact_match", "likelihood", "calibration", "contract"})
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
 def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Range rules that types alone cannot express: (key, ok, message)."""
     ev = cfg.evaluator
@@ -295,6 +330,27 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
             "must be distinct rising token counts",
         ),
         ("evaluator.confidence_level", 0.5 < ev.confidence_level < 1.0, "must be in (0.5, 1)"),
+        (
+            "evaluator.normalize_regexes",
+            all(_compiles(r) for r in ev.normalize_regexes),
+            "every entry must be a valid Python regular expression",
+        ),
+        (
+            "evaluator.stop_strings",
+            all(ev.stop_strings),
+            "entries must be non-empty strings",
+        ),
+        (
+            "evaluator.composite_weights",
+            set(ev.composite_weights) <= COMPOSITE_PARTS
+            and all(w >= 0 for w in ev.composite_weights.values()),
+            f"keys must be among {sorted(COMPOSITE_PARTS)}, weights >= 0",
+        ),
+        (
+            "evaluator.length_buckets",
+            not ev.length_buckets or ev.length_buckets[0] == 0,
+            "must start at 0",
+        ),
         (
             "evaluator.regression.max_p_value",
             0.0 < ev.regression.max_p_value < 1.0,

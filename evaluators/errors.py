@@ -1,0 +1,34 @@
+"""The one exception a failed evaluation raises.
+
+Why a reason code: the daemon counts failures as `tunewatch_eval_failures_total{reason}`, so
+the cause must be a bounded label value, while the message is the one line a person reads.
+A failed evaluation never returns figures: no exact match of 0, no cross-entropy of inf.
+"""
+
+from __future__ import annotations
+
+# Bounded values of the `reason` label (DESIGN section 9: reason is an allowed label).
+REASONS = (
+    "checkpoint_missing",
+    "config",
+    "weights",
+    "tokenizer",
+    "chat_template",
+    "data",
+    "out_of_memory",
+    "backend",
+)
+
+
+class EvaluationError(Exception):
+    """A checkpoint or suite that cannot be evaluated; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown evaluation failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,305 @@
+"""One evaluation of one checkpoint: load once, one pass over the suite, every figure.
+
+Why one pass: the seeds ran eight daemons that each loaded the checkpoint and computed one
+figure, and a shared broken function made all of them publish loss=inf, accuracy=0% for days.
+Here one load serves generation (exact match, failure modes, confidence, calibration) and
+teacher forcing (cross-entropy) batch by batch, and any failure raises EvaluationError
+instead of returning a default.
+
+Batching: examples are grouped by regime (each regime may have its own stop marker) and sorted
+by prompt length so that left padding wastes little; a batch that runs out of memory is split
+in half and retried, down to one example, and the smaller size is kept for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluators.backend import BackendOutOfMemoryError, Generation, GenerationBackend, GoldenScore
+from evaluators.data import Example, SkippedLine, Suite, load_suite, quick_subset
+from evaluators.errors import EvaluationError
+from evaluators.scoring import Contract, answer_confidence, answer_token_mask, judge
+from evaluators.summary import ExampleOutcome, GroupStats, length_bucket, summarize
+from tunewatch.config import EvaluatorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SuiteSummary:
+    """Which examples were evaluated and what was left out."""
+
+    files: list[str]
+    examples: int
+    available: int
+    duplicates: int
+    skipped: list[SkippedLine]
+    limit: int | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """How the evaluation ran (for the report and the daemon's gauges)."""
+
+    backend: str
+    batch_size: int
+    final_batch_size: int
+    oom_retries: int
+    max_new_tokens: int
+    think: str
+    started_at: float
+    duration_seconds: float
+    examples_per_second: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The complete result of evaluating one checkpoint.
+
+    overall and breakdowns[name][value] hold GroupStats; outcomes keep every example (key,
+    correctness, failure mode, confidence, cross-entropy, token counts) for paired tests.
+    """
+
+    checkpoint: str
+    step: int | None
+    suite: SuiteSummary
+    run: RunInfo
+    overall: GroupStats
+    breakdowns: dict[str, dict[str, GroupStats]]
+    outcomes: list[ExampleOutcome] = field(repr=False)
+
+
+@dataclass
+class _Planned:
+    """An example with its prompt length, ready for batching."""
+
+    example: Example
+    prompt_tokens: int
+
+
+class _Pass:
+    """The batch loop of one evaluation (state: current batch size, OOM retries)."""
+
+    def __init__(self, backend: GenerationBackend, cfg: EvaluatorConfig) -> None:
+        self.backend = backend
+        self.cfg = cfg
+        self.batch_size = cfg.batch_size
+        self.oom_retries = 0
+        self.regexes = [re.compile(r) for r in cfg.normalize_regexes]
+        self.contracts = {
+            name: Contract(c.required_prefix, c.stop_marker) for name, c in cfg.contracts.items()
+        }
+
+    def stops_for(self, regime: str) -> list[str]:
+        stops = [s for s in self.cfg.stop_strings if s]
+        contract = self.contracts.get(regime)
+        if contract is not None and contract.stop_marker:
+            stops.append(contract.stop_marker)
+        return stops
+
+    def plan(self, examples: Sequence[Example]) -> deque[_Planned]:
+        """Examples grouped by regime, then by prompt length, so batches pad little."""
+        planned = [_Planned(e, self.backend.prompt_tokens(e.prompt)) for e in examples]
+        planned.sort(key=lambda p: (p.example.regime, p.prompt_tokens))
+        return deque(planned)
+
+    def next_batch(self, queue: deque[_Planned]) -> list[_Planned]:
+        batch = [queue.popleft()]
+        while queue and len(batch) < self.batch_size and queue[0].example.regime == (
+            batch[0].example.regime
+        ):
+            batch.append(queue.popleft())
+        return batch
+
+    def run_batch(self, batch: list[_Planned]) -> list[ExampleOutcome]:
+        """Generate and teacher-force one batch; out-of-memory propagates to `run`."""
+        prompts = [p.example.prompt for p in batch]
+        stops = self.stops_for(batch[0].example.regime)
+        generations = self.backend.generate(prompts, self.cfg.max_new_tokens, stops)
+        scores = self.backend.score(prompts, [p.example.golden for p in batch])
+        if len(generations) != len(batch) or len(scores) != len(batch):
+            raise EvaluationError("backend", "backend returned a different number of results")
+        return [
+            self.outcome(p, g, s) for p, g, s in zip(batch, generations, scores, strict=True)
+        ]
+
+    def run(self, examples: Sequence[Example], progress: Any) -> list[ExampleOutcome]:
+        queue = self.plan(examples)
+        outcomes: list[ExampleOutcome] = []
+        while queue:
+            batch = self.next_batch(queue)
+            try:
+                outcomes.extend(self.run_batch(batch))
+            except BackendOutOfMemoryError as exc:
+                self.shrink(batch, queue, exc)
+                continue
+            except EvaluationError:
+                raise
+            except Exception as exc:  # a backend bug or a broken model: one line, then stop
+                first = str(exc).strip().splitlines()
+                detail = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+                raise EvaluationError("backend", f"evaluation failed: {detail}") from exc
+            progress.update(len(batch))
+        return outcomes
+
+    def shrink(self, batch: list[_Planned], queue: deque[_Planned], exc: Exception) -> None:
+        """Halve the batch size after an out-of-memory error and put the batch back."""
+        if len(batch) == 1:
+            raise EvaluationError(
+                "out_of_memory", f"out of memory even with batch size 1: {exc}"
+            ) from exc
+        self.batch_size = max(1, len(batch) // 2)
+        self.oom_retries += 1
+        log.warning("out of memory at batch size %d, retrying at %d", len(batch),
+                    self.batch_size)
+        queue.extendleft(reversed(batch))
+
+    def outcome(self, planned: _Planned, gen: Generation, score: GoldenScore) -> ExampleOutcome:
+        """Judge one generated answer and attach its likelihood figures."""
+        ex = planned.example
+        text, removed = self._without_config_stop(gen.text)
+        strip = self.cfg.think == "strip"
+        verdict = judge(
+            text, ex.golden, truncated=gen.truncated, strip_thinking=strip,
+            regexes=self.regexes, contract=self.contracts.get(ex.regime),
+        )
+        if not all(math.isfinite(v) for v in [score.nll, *gen.logprobs]):
+            raise EvaluationError(
+                "backend", f"non-finite log-probabilities for {ex.origin}: the model is broken"
+            )
+        if score.tokens < 1:
+            raise EvaluationError("backend", f"golden answer of {ex.origin} has no tokens")
+        # Offsets in the tokens' own texts (a multi-byte character split over tokens is
+        # longer there than in the decoded text), so the limit is counted from their end.
+        limit = sum(len(t) for t in gen.tokens) - removed if removed else None
+        mask = answer_token_mask(gen.tokens, strip, limit)
+        return ExampleOutcome(
+            key=ex.key, id=ex.id, origin=ex.origin, difficulty=ex.difficulty,
+            regime=ex.regime, source=ex.source, pattern=ex.pattern,
+            length_bucket=length_bucket(planned.prompt_tokens, self.cfg.length_buckets),
+            prompt_tokens=planned.prompt_tokens, golden_tokens=score.tokens,
+            generated_tokens=len(gen.tokens), golden=ex.golden, generated=text,
+            answer=verdict.answer, exact_match=verdict.exact_match,
+            normalized_match=verdict.normalized_match, failure_mode=verdict.failure_mode,
+            contract_ok=verdict.contract_ok, think_blocks=verdict.think_blocks,
+            truncated=gen.truncated, confidence=answer_confidence(gen.logprobs, mask),
+            nll=score.nll, cross_entropy=score.nll / score.tokens,
+        )
+
+    def _without_config_stop(self, text: str) -> tuple[str, int]:
+        """Configured stop strings end the answer and are not part of it (contract markers are).
+
+        Returns the answer and how many characters were removed from its end.
+        """
+        for stop in self.cfg.stop_strings:
+            if stop and text.endswith(stop):
+                return text[: -len(stop)], len(stop)
+        return text, 0
+
+
+def _progress(total: int, show: bool | None) -> Any:
+    """A tqdm bar on a terminal only: logs and pipes get no carriage-return noise."""
+    from tqdm import tqdm
+
+    enabled = sys.stderr.isatty() if show is None else show
+    return tqdm(total=total, unit="ex", desc="eval", disable=not enabled, leave=False)
+
+
+def evaluate_examples(
+    backend: GenerationBackend,
+    examples: Sequence[Example],
+    cfg: EvaluatorConfig,
+    *,
+    show_progress: bool | None = None,
+) -> tuple[list[ExampleOutcome], RunInfo]:
+    """The one pass over `examples` with an already loaded backend."""
+    if not examples:
+        raise EvaluationError("data", "nothing to evaluate: the suite is empty")
+    started = time.time()
+    clock = time.perf_counter()
+    loop = _Pass(backend, cfg)
+    with _progress(len(examples), show_progress) as bar:
+        outcomes = loop.run(examples, bar)
+    elapsed = time.perf_counter() - clock
+    order = {e.key: i for i, e in enumerate(examples)}
+    outcomes.sort(key=lambda o: order[o.key])
+    info = RunInfo(
+        backend=backend.description, batch_size=cfg.batch_size,
+        final_batch_size=loop.batch_size, oom_retries=loop.oom_retries,
+        max_new_tokens=cfg.max_new_tokens, think=cfg.think, started_at=started,
+        duration_seconds=elapsed, examples_per_second=len(outcomes) / elapsed,
+    )
+    return outcomes, info
+
+
+def select_examples(suite: Suite, limit: int | None) -> list[Example]:
+    """The whole suite, or the quick subset of `limit` examples."""
+    if limit is None:
+        return list(suite.examples)
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return quick_subset(suite.examples, limit)
+
+
+def evaluate_with_backend(
+    backend: GenerationBackend,
+    suite: Suite,
+    cfg: EvaluatorConfig,
+    *,
+    checkpoint: str,
+    step: int | None,
+    limit: int | None = None,
+    show_progress: bool | None = None,
+) -> EvalResult:
+    """Evaluate an already loaded backend on a loaded suite (for any backend kind)."""
+    examples = select_examples(suite, limit)
+    outcomes, info = evaluate_examples(backend, examples, cfg, show_progress=show_progress)
+    overall, breakdowns = summarize(
+        outcomes, bins=cfg.calibration_bins, confidence_level=cfg.confidence_level,
+        weights=cfg.composite_weights,
+    )
+    summary = SuiteSummary(
+        files=suite.files, examples=len(examples), available=len(suite.examples),
+        duplicates=suite.duplicates, skipped=list(suite.skipped), limit=limit,
+    )
+    return EvalResult(checkpoint, step, summary, info, overall, breakdowns, outcomes)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    cfg: EvaluatorConfig,
+    *,
+    suite: Suite | None = None,
+    data_dir: Path | str | None = None,
+    limit: int | None = None,
+    show_progress: bool | None = None,
+) -> EvalResult:
+    """Evaluate one checkpoint directory with the local transformers backend.
+
+    The suite is read first (from `suite`, else `data_dir`, else cfg.data) so that a data
+    problem is reported before a model is loaded; the model is loaded once and released at
+    the end. Raises EvaluationError (with a bounded `reason`) when nothing can be measured.
+    """
+    from evaluators.backend import LocalBackend
+
+    if suite is None:
+        suite = load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
+    backend, info = LocalBackend.load(
+        checkpoint, device=cfg.device, dtype=cfg.dtype, no_chat_template=cfg.no_chat_template
+    )
+    try:
+        return evaluate_with_backend(
+            backend, suite, cfg, checkpoint=str(info.path), step=info.step, limit=limit,
+            show_progress=show_progress,
+        )
+    finally:
+        backend.close()
