@@ -6,7 +6,7 @@ boards (an H100, the seeds' RTX 4090 and 3090) are what keep those tests honest.
 the real collector (NvmlReader through GpuCollector), and writes into --out:
 
   readings.json   the raw readings in the RecordedReader format (tests/fixtures/gpu/),
-                  ready to copy there and to serve with TUNEWATCH_GPU_READINGS=...;
+                  ready to copy there and to serve with TUNEWATCH_EXPORTER__GPU_READINGS_FILE=...;
   exposition.prom the last scrape's text exposition;
   latency.json    NVML read and full scrape latency (min, p50, p95, max seconds);
   promtool.txt    `promtool check metrics` on the exposition (when promtool is installed).

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -428,3 +429,38 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --------------------------------------------------------------------------- tunewatch
+
+
+class Tunewatch(Service):
+    """A `tunewatch SUBCOMMAND` child process serving /metrics on a free port."""
+
+    def __init__(self, name: str, workdir: Path, scheme: str = "http") -> None:
+        super().__init__(name, workdir)
+        self.port = free_port()
+        self.address = f"{LOCALHOST}:{self.port}"
+        self.url = f"{scheme}://{self.address}"
+
+    def start(self, args: list[str], env: dict[str, str] | None = None,
+              probe: Callable[[], bool] | None = None, timeout: float = 60.0) -> Tunewatch:
+        """Run `tunewatch ARGS --web.listen-address ...`; wait until /-/healthy answers."""
+        full_env = {**os.environ, **(env or {})}
+        self.spawn([sys.executable, "-m", "tunewatch", *args,
+                    "--web.listen-address", self.address], env=full_env)
+        self.wait_ready(probe or (lambda: _http_ok(f"{self.url}/-/healthy")), timeout)
+        return self
+
+    def metrics(self) -> str:
+        status, body = http_get(f"{self.url}/metrics")
+        assert status == 200, f"{self.name} /metrics answered {status}"
+        return body.decode()
+
+
+def promtool_check_metrics(text: str) -> str:
+    """What `promtool check metrics` says about an exposition (empty when it is clean)."""
+    proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.encode(),
+                          capture_output=True, timeout=60)
+    out = (proc.stdout + proc.stderr).decode()
+    return out if proc.returncode or out.strip() else ""

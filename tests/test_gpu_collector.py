@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.metrics_core import Metric
 
 from exporters.collectors.gpu import (
-    READINGS_ENV,
     GpuCollector,
     PeakTracker,
     XidTracker,
@@ -204,10 +203,10 @@ def test_hung_read_is_bounded_and_not_piled_up(make):
     assert reader.calls == 2
 
 
-def test_factory_serves_a_recording_from_the_environment(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(READINGS_ENV, str(FIXTURES / "h100-load.json"))
+def test_factory_serves_a_recording_from_the_config():
     cfg = ExporterConfig(gpu_max_processes=1, gpu_sample_interval_seconds=0.5,
-                         collector_timeout_seconds=2.5)
+                         collector_timeout_seconds=2.5,
+                         gpu_readings_file=str(FIXTURES / "h100-load.json"))
     collector = create_collector(cfg)
     try:
         assert collector.name == "gpu"
@@ -223,8 +222,7 @@ def test_factory_serves_a_recording_from_the_environment(monkeypatch: pytest.Mon
         collector.close()
 
 
-def test_factory_uses_nvml_by_default(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(READINGS_ENV, raising=False)
+def test_factory_uses_nvml_by_default():
     collector = create_collector(ExporterConfig())
     try:
         assert isinstance(collector.reader, NvmlReader)

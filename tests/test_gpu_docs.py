@@ -1,4 +1,4 @@
-"""docs/gpu.md lists exactly the metrics the GPU collector publishes, with their types."""
+"""docs/metrics.md (GPU section) lists exactly the metrics the GPU collector publishes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROW = re.compile(r"^\| `(tunewatch_gpu_\w+)` \| (\w+)")
 
 
 def documented(repo_root: Path) -> dict[str, str]:
-    text = (repo_root / "docs" / "gpu.md").read_text(encoding="utf-8")
+    text = (repo_root / "docs" / "metrics.md").read_text(encoding="utf-8")
     return {m.group(1): m.group(2) for m in map(ROW.match, text.splitlines()) if m}
 
 

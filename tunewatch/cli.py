@@ -25,7 +25,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("tunewatch.stack", "run the local stack (Prometheus, Alertmanager, exporters, demo)"),
     "config": ("tunewatch.showconfig", "validate the configuration and print the effective one"),
     "alert-log": ("tunewatch.alertlog", "receive Alertmanager webhooks and log them as JSON lines"),
+    "exporter": ("exporters.host", "the host exporter: GPU, process and file metrics (:9945)"),
+    "training-sidecar": ("exporters.training.sidecar",
+                         "training metrics from a trainer's status file (:9946)"),
+    "demo-train": ("tunewatch.demo", "train the tiny demo model with the Prometheus callback"),
     "eval-once": ("evaluators.eval_once", "evaluate one checkpoint on the validation suite"),
+    "evaluate": ("evaluators.daemon", "evaluate every new checkpoint and publish metrics (:9947)"),
 }
 
 

@@ -68,10 +68,12 @@ class ExporterConfig:
         default_factory=lambda: {"gpu": True, "process": True, "files": True}
     )
     processes: list[ProcessTarget] = field(default_factory=list)
+    process_max_matches: int = 32
     checkpoint_dirs: list[str] = field(default_factory=list)
     queue_dirs: list[QueueDir] = field(default_factory=list)
     gpu_max_processes: int = 16
     gpu_sample_interval_seconds: float = 1.0
+    gpu_readings_file: str = ""
 
 
 @dataclass
@@ -80,6 +82,7 @@ class TrainingConfig:
 
     listen_address: str = "127.0.0.1:9946"
     web_config_file: str = ""
+    max_concurrent_scrapes: int = 8
     status_file: str = "status/training_status.json"
     queue_dirs: list[QueueDir] = field(default_factory=list)
     stale_after_seconds: float = 300.0
@@ -133,6 +136,7 @@ class EvaluatorConfig:
 
     listen_address: str = "127.0.0.1:9947"
     web_config_file: str = ""
+    max_concurrent_scrapes: int = 8
     checkpoints: str = "var/demo/checkpoints"
     data: str = "var/demo/data"
     files: list[str] = field(default_factory=list)
@@ -163,6 +167,9 @@ class EvaluatorConfig:
     last_k: int = 5
     settle_seconds: float = 2.0
     rescan_seconds: float = 30.0
+    retry_attempts: int = 3
+    retry_backoff_seconds: float = 30.0
+    curriculum_min_share: float = 0.1
 
 
 @dataclass
@@ -311,14 +318,44 @@ def _compiles(pattern: str) -> bool:
     return True
 
 
+def _server_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """Every metrics server needs room for at least one scrape and a positive timeout."""
+    sections = {"exporter": cfg.exporter, "training": cfg.training, "evaluator": cfg.evaluator}
+    checks = [(f"{name}.max_concurrent_scrapes", sec.max_concurrent_scrapes >= 1,
+               "must be at least 1") for name, sec in sections.items()]
+    checks.append(("exporter.collector_timeout_seconds",
+                   cfg.exporter.collector_timeout_seconds > 0, "must be above 0"))
+    checks.append(("exporter.process_max_matches", cfg.exporter.process_max_matches >= 1,
+                   "must be at least 1"))
+    for i, target in enumerate(cfg.exporter.processes):
+        ways = [bool(target.pid_file), bool(target.process_name), bool(target.cmdline_pattern)]
+        checks.append((f"exporter.processes[{i}]", bool(target.name) and sum(ways) == 1,
+                       "needs a name and exactly one of pid_file, process_name, "
+                       "cmdline_pattern"))
+        checks.append((f"exporter.processes[{i}].cmdline_pattern",
+                       _compiles(target.cmdline_pattern),
+                       "must be a valid Python regular expression"))
+    return checks
+
+
 def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Range rules that types alone cannot express: (key, ok, message)."""
     ev = cfg.evaluator
     bins = ev.calibration_bins
     return [
+        *_server_checks(cfg),
         ("evaluator.batch_size", ev.batch_size >= 1, "must be at least 1"),
         ("evaluator.max_new_tokens", ev.max_new_tokens >= 1, "must be at least 1"),
         ("evaluator.last_k", ev.last_k >= 1, "must be at least 1"),
+        ("evaluator.settle_seconds", ev.settle_seconds >= 0, "must be >= 0"),
+        ("evaluator.rescan_seconds", ev.rescan_seconds > 0, "must be > 0"),
+        ("evaluator.retry_attempts", ev.retry_attempts >= 1, "must be at least 1"),
+        ("evaluator.retry_backoff_seconds", ev.retry_backoff_seconds >= 0, "must be >= 0"),
+        (
+            "evaluator.curriculum_min_share",
+            0.0 <= ev.curriculum_min_share <= 1.0,
+            "must be in [0, 1]",
+        ),
         (
             "evaluator.calibration_bins",
             len(bins) >= 2 and bins[0] == 0.0 and bins[-1] == 1.0 and bins == sorted(bins),

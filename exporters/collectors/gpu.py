@@ -31,13 +31,12 @@ Without NVML (no driver, no library, or a read past its deadline) the scrape sti
 The collector does not raise in that case (so the framework reports
 `tunewatch_exporter_collector_success{collector="gpu"} 1`: the collector worked and says NVML
 is absent), logs the reason once per change, and retries NVML initialisation with backoff.
-Every metric is listed in docs/gpu.md.
+Every metric is listed in docs/metrics.md (GPU collector section).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,8 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READINGS_ENV = "TUNEWATCH_GPU_READINGS"
-"""Test/demo feature: path of a recorded readings JSON to serve instead of NVML."""
 
 PREFIX = "tunewatch_gpu_"
 GPU_LABELS = ("gpu", "uuid")
@@ -480,12 +477,12 @@ class GpuCollector:
 
 
 def create_collector(cfg: ExporterConfig) -> GpuCollector:
-    """Factory the framework calls; `TUNEWATCH_GPU_READINGS` swaps NVML for a recording."""
-    path = os.environ.get(READINGS_ENV, "")
+    """Factory the framework calls; `exporter.gpu_readings_file` swaps NVML for a recording."""
+    path = cfg.gpu_readings_file
     reader: GpuReader
     if path:
-        log.warning("GPU collector serving recorded readings from %s (%s): test/demo mode",
-                    path, READINGS_ENV)
+        log.warning("GPU collector serving recorded readings from %s "
+                    "(exporter.gpu_readings_file): test/demo mode", path)
         reader = RecordedReader.from_file(path)
     else:
         reader = NvmlReader()

@@ -287,7 +287,7 @@ def recording_from_dict(data: Mapping[str, Any], where: str = "recording") -> Re
 
 
 class RecordedReader:
-    """Replays recorded readings (tests, demos): `TUNEWATCH_GPU_READINGS=path.json`.
+    """Replays recorded readings (tests, demos): `exporter.gpu_readings_file: path.json`.
 
     Reads advance through the snapshots, memory samples and XID batches in order and then
     hold the last snapshot and sample (XID batches are delivered once each), so a test can

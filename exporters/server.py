@@ -1,0 +1,337 @@
+"""The one metrics server every tunewatch process uses (host exporter, training, evaluator).
+
+Why our own and not `prometheus_client.start_http_server`: exporters in this field share
+the exporter-toolkit conventions (`--web.listen-address`, `--web.config.file` with TLS,
+client certificates and bcrypt basic auth, `/-/healthy`, `/-/ready`, a landing page), and a
+monitoring endpoint must degrade by refusing work (HTTP 503 past a concurrent-scrape limit)
+rather than by piling up threads until the process falls over. client_python has no basic
+auth and no limit. The exposition itself is client_python's (text or OpenMetrics by the
+Accept header, gzip when asked), so the output is exactly what Prometheus expects.
+
+    server = MetricsServer(registry, "127.0.0.1:9945", web_config=load_web_config(path))
+    server.start()          # raises ServerStartError naming the address on failure
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import html
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.metrics_core import Metric
+
+from exporters.webconfig import WebConfig
+from tunewatch import __version__
+
+log = logging.getLogger("tunewatch.server")
+
+REJECT_REASONS = ("too_many_scrapes", "unauthorized", "tls_handshake")
+
+
+class ServerStartError(RuntimeError):
+    """The server could not listen; the message names the address and the cause."""
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces, as in node_exporter)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ServerStartError(f"listen address {address!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass
+class ServerOptions:
+    """How the server behaves; every number here is a documented setting, not a constant."""
+
+    title: str = "tunewatch exporter"
+    max_concurrent_scrapes: int = 8
+    request_timeout_seconds: float = 10.0
+    ready: Callable[[], bool] = field(default=lambda: True)
+    links: dict[str, str] = field(default_factory=dict)
+
+
+class RejectionCounter:
+    """`tunewatch_exporter_http_requests_rejected_total{reason}`: refusals are visible."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(REJECT_REASONS, 0)
+
+    def inc(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "tunewatch_exporter_http_requests_rejected",
+            "HTTP requests refused by the metrics server, by reason.",
+            labels=["reason"],
+        )
+        with self._lock:
+            for reason, count in self._counts.items():
+                family.add_metric([reason], count)
+        yield family
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+
+class _Filtered:
+    """`?name[]=...` as in client_python, without relying on collectors' describe().
+
+    Our collectors describe nothing up front (describing would mean collecting), so the
+    registry's own restriction cannot map names to them; filtering the families works.
+    """
+
+    def __init__(self, registry: CollectorRegistry, names: set[str]) -> None:
+        self.registry = registry
+        self.names = names
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            samples = [s for s in family.samples
+                       if family.name in self.names or s.name in self.names]
+            if samples:
+                family.samples = samples
+                yield family
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Threads per connection; the TLS handshake happens in that thread, not the acceptor."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: MetricsServer
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        ctx = self.owner.web_config.ssl_context
+        if ctx is None:
+            self.RequestHandlerClass(request, client_address, self)
+            return
+        request.settimeout(self.owner.options.request_timeout_seconds)
+        try:
+            wrapped = ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.owner.rejections.inc("tls_handshake")
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            self.RequestHandlerClass(wrapped, client_address, self)
+        finally:
+            wrapped.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = f"tunewatch/{__version__}"
+
+    def setup(self) -> None:
+        self.timeout = self.server.owner.options.request_timeout_seconds
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        if not self._authorized(owner):
+            owner.rejections.inc("unauthorized")
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
+                       {"WWW-Authenticate": 'Basic realm="tunewatch"'})
+            return
+        url = urlsplit(self.path)
+        route = {
+            "/metrics": self._metrics,
+            "/-/healthy": self._healthy,
+            "/-/ready": self._ready,
+            "/": self._landing,
+        }.get(url.path)
+        if route is None:
+            self._send(404, b"Not Found\n", "text/plain; charset=utf-8")
+            return
+        route(parse_qs(url.query))
+
+    def _authorized(self, owner: MetricsServer) -> bool:
+        auth = owner.web_config.basic_auth
+        if auth is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return auth.check(user, password)
+
+    def _metrics(self, params: dict[str, list[str]]) -> None:
+        owner = self.server.owner
+        if not owner.slots.acquire(blocking=False):
+            owner.rejections.inc("too_many_scrapes")
+            self._send(503, b"Too many concurrent scrapes; retry later\n",
+                       "text/plain; charset=utf-8", {"Retry-After": "1"})
+            return
+        try:
+            registry: Any = owner.registry
+            if "name[]" in params:
+                registry = _Filtered(registry, set(params["name[]"]))
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            body = encoder(registry)
+        finally:
+            owner.slots.release()
+        extra = {}
+        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body)
+            extra["Content-Encoding"] = "gzip"
+        self._send(200, body, content_type, extra)
+
+    def _healthy(self, _params: dict[str, list[str]]) -> None:
+        self._send(200, b"Healthy\n", "text/plain; charset=utf-8")
+
+    def _ready(self, _params: dict[str, list[str]]) -> None:
+        if self.server.owner.options.ready():
+            self._send(200, b"Ready\n", "text/plain; charset=utf-8")
+        else:
+            self._send(503, b"Not ready\n", "text/plain; charset=utf-8")
+
+    def _landing(self, _params: dict[str, list[str]]) -> None:
+        opts = self.server.owner.options
+        links = {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}
+        links.update(opts.links)
+        items = "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>'
+                        for href, text in links.items())
+        title = html.escape(opts.title)
+        page = (f"<!DOCTYPE html><html><head><title>{title}</title></head><body>"
+                f"<h1>{title}</h1><p>tunewatch {__version__}</p><ul>{items}</ul>"
+                "</body></html>\n")
+        self._send(200, page.encode(), "text/html; charset=utf-8")
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in {**self.server.owner.web_config.headers, **(extra or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class MetricsServer:
+    """Serves one registry on one address until stopped; runs in a daemon thread."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        listen_address: str,
+        *,
+        web_config: WebConfig | None = None,
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.registry = registry
+        self.listen_address = listen_address
+        self.web_config = web_config or WebConfig()
+        self.options = options or ServerOptions()
+        self.slots = threading.BoundedSemaphore(self.options.max_concurrent_scrapes)
+        self.rejections = RejectionCounter()
+        registry.register(self.rejections)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host, _ = parse_listen_address(self.listen_address)
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.web_config.scheme}://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Bind and serve in the background; a taken port is a ServerStartError."""
+        host, port = parse_listen_address(self.listen_address)
+        server_cls = _HTTPServer
+        if ":" in host:
+            server_cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
+        try:
+            httpd = server_cls((host, port), _Handler)
+        except OSError as exc:
+            raise ServerStartError(
+                f"cannot listen on {self.listen_address}: {exc.strerror or exc}") from exc
+        httpd.owner = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="metrics-server",
+                                        daemon=True)
+        self._thread.start()
+        log.info("serving metrics on %s/metrics", self.url)
+
+    def stop(self) -> None:
+        """Stop accepting and close the socket (idempotent)."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_web_arguments(parser: Any, section: str) -> None:
+    """The exporter-toolkit flags every tunewatch server takes; defaults come from `section`."""
+    parser.add_argument("--web.listen-address", dest="listen_address", default=None,
+                        help=f"HOST:PORT to serve on (default: {section}.listen_address)")
+    parser.add_argument("--web.config.file", dest="web_config_file", default=None,
+                        help="exporter-toolkit web config: TLS, client certificates, basic "
+                             f"auth (default: {section}.web_config_file)")
+
+
+def start_server(registry: CollectorRegistry, listen_address: str, web_config_file: str,
+                 options: ServerOptions) -> MetricsServer:
+    """Load the web config and start serving; every failure is a ServerStartError."""
+    from exporters.webconfig import WebConfigError, load_web_config
+
+    try:
+        web_config = load_web_config(web_config_file)
+    except WebConfigError as exc:
+        raise ServerStartError(str(exc)) from exc
+    server = MetricsServer(registry, listen_address, web_config=web_config, options=options)
+    server.start()
+    return server
+
+
+def wait_for_stop_signal() -> None:
+    """Block the main thread until SIGINT or SIGTERM (a clean exit for both)."""
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(1.0):
+        pass
