@@ -18,6 +18,7 @@ A collector is any object with `name`, `collect() -> Iterable[Metric]` and `clos
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -44,10 +45,12 @@ class Collector(Protocol):
 
 
 class _Slot:
-    """One collector and the call in flight (if any), run in a daemon thread.
+    """One collector, its own worker thread, and the call in flight (if any).
 
-    Daemon threads rather than a ThreadPoolExecutor: the executor's workers are joined at
-    interpreter exit, so a collector hung in a driver call would keep the process alive.
+    The worker is a daemon thread that lives as long as the exporter: starting a thread per
+    scrape costs more than a small collector itself, and a daemon thread (unlike a
+    ThreadPoolExecutor's workers, joined at exit) cannot keep the process alive when the
+    collector hangs in a driver call.
     """
 
     def __init__(self, collector: Collector) -> None:
@@ -56,24 +59,29 @@ class _Slot:
         self.inflight: Future[tuple[list[Metric], float]] | None = None
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.last_error = ""
+        self._queue: queue.SimpleQueue[Future[tuple[list[Metric], float]]] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._work, daemon=True,
+                         name=f"collector-{collector.name}").start()
 
     def submit(self) -> Future[tuple[list[Metric], float]]:
+        """A fresh call, or the one still in flight (a hung collector is not piled on)."""
         with self.lock:
             if self.inflight is None or self.inflight.done():
-                future: Future[tuple[list[Metric], float]] = Future()
-                threading.Thread(target=self._run, args=(future,), daemon=True,
-                                 name=f"collector-{self.collector.name}").start()
-                self.inflight = future
+                self.inflight = Future()
+                self._queue.put(self.inflight)
             return self.inflight
 
-    def _run(self, future: Future[tuple[list[Metric], float]]) -> None:
-        start = time.perf_counter()
-        try:
-            families = list(self.collector.collect())
-        except BaseException as exc:
-            future.set_exception(exc)
-            return
-        future.set_result((families, time.perf_counter() - start))
+    def _work(self) -> None:
+        while True:
+            future = self._queue.get()
+            start = time.perf_counter()
+            try:
+                families = list(self.collector.collect())
+            except BaseException as exc:
+                future.set_exception(exc)
+                continue
+            future.set_result((families, time.perf_counter() - start))
 
 
 class CollectorSet:

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 
+from exporters.exposition import render_text
 from exporters.webconfig import WebConfig
 from tunewatch import __version__
 
@@ -195,6 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
             if "name[]" in params:
                 registry = _Filtered(registry, set(params["name[]"]))
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            if content_type.startswith("text/plain"):
+                encoder = render_text  # same format, several times faster (exposition.py)
             body = encoder(registry)
         finally:
             owner.slots.release()

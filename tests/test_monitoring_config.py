@@ -83,10 +83,22 @@ def test_compose_file_is_valid(repo_root: Path):
         assert "healthcheck" in svc, f"{name}: no healthcheck"
         assert svc.get("network_mode") == "host", name
     assert services["grafana"]["image"].startswith("grafana/grafana:11.6.")
+    assert services["exporter"].get("pid") == "host"
     env = services["grafana"]["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env
     assert env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+
+
+def test_compose_gpu_override_is_valid(repo_root: Path):
+    done = run([str(compose_binary()), "-f", "docker-compose.yml", "-f",
+                "docker-compose.gpu.yml", "config", "--format", "json"], repo_root)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    exporter = json.loads(done.stdout)["services"]["exporter"]
+    devices = exporter["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia"
 
 
 def test_compose_validation_detects_a_broken_file(repo_root: Path, tmp_path: Path):

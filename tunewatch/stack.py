@@ -35,11 +35,13 @@ from typing import Any
 import yaml
 
 from tunewatch.cli import UsageError
-from tunewatch.config import Config
+from tunewatch.config import Config, as_dict
 
 log = logging.getLogger("tunewatch.stack")
 LOCALHOST = "127.0.0.1"
 DEFAULT_WEBHOOK = "127.0.0.1:9948"
+DEMO_TRAINER_PATTERN = r"tunewatch demo-train"
+EVALUATOR_PATTERN = r"tunewatch evaluate"
 
 
 @dataclass
@@ -104,14 +106,49 @@ def check_binaries(names: list[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- components
 
 
+def _port(listen_address: str) -> int:
+    return int(listen_address.rpartition(":")[2])
+
+
 def tunewatch_argv(*args: str) -> list[str]:
     """Run a tunewatch subcommand with this interpreter (no reliance on PATH)."""
     return [sys.executable, "-m", "tunewatch", *args]
 
 
+def exporter_config(cfg: Config, data_dir: Path) -> Path:
+    """The effective config for the stack's host exporter, with the demo's defaults.
+
+    Why a file: the exporter follows processes and directories from lists, which do not fit
+    environment overrides. Lists the user configured are kept; empty ones get the demo
+    trainer, the evaluator and the demo checkpoint directory, so `make up` shows them.
+    """
+    data = as_dict(cfg)
+    ex = data["exporter"]
+    if not ex["processes"]:
+        ex["processes"] = [{"name": "trainer", "cmdline_pattern": DEMO_TRAINER_PATTERN},
+                           {"name": "evaluator", "cmdline_pattern": EVALUATOR_PATTERN}]
+    if not ex["checkpoint_dirs"]:
+        ex["checkpoint_dirs"] = [str(demo_dir(cfg, data_dir) / "checkpoints")]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "exporter.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def demo_dir(cfg: Config, data_dir: Path) -> Path:
+    """Where the demo writes checkpoints and its suite: under the stack's data directory."""
+    return data_dir / "demo"
+
+
 def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
-    """The tunewatch processes of the stack (more join as their issues land)."""
+    """The tunewatch processes of the stack."""
     return [
+        Component(
+            "exporter",
+            tunewatch_argv("exporter", "--config", str(exporter_config(cfg, data_dir)),
+                           "--web.listen-address", cfg.exporter.listen_address),
+            _port(cfg.exporter.listen_address), "/-/healthy", job="tunewatch-exporter",
+        ),
         Component(
             "webhook",
             tunewatch_argv("alert-log", "--web.listen-address",

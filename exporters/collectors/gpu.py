@@ -37,9 +37,12 @@ Every metric is listed in docs/metrics.md (GPU collector section).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -330,39 +333,43 @@ class ReadTimeout(Exception):  # noqa: N818 - reported as reason="timeout"
 
 
 class BoundedCall:
-    """Runs a call in a daemon worker and waits at most `timeout` seconds for it.
+    """Runs calls in one long-lived daemon worker and waits at most `timeout` for each.
 
-    A stuck NVML call cannot be cancelled, so while one is still running no new worker is
-    started: later scrapes fail fast with ReadTimeout instead of piling up threads.
+    A stuck NVML call cannot be cancelled, so while one is still running no new call is
+    queued: later scrapes fail fast with ReadTimeout instead of piling up. The worker is
+    started once (a thread per read would cost more than reading a GPU).
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._stuck: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
+        self._current: Future[Any] | None = None
 
     def __call__(self, fn: Callable[[], Any], timeout: float) -> Any:
         with self._lock:
-            if self._stuck is not None and self._stuck.is_alive():
+            if self._current is not None and not self._current.done():
                 raise ReadTimeout("an earlier read is still running")
-        box: dict[str, Any] = {}
+            if self._jobs is None:
+                self._jobs = queue.SimpleQueue()
+                threading.Thread(target=self._work, args=(self._jobs,), name=self._name,
+                                 daemon=True).start()
+            future: Future[Any] = Future()
+            self._current = future
+            self._jobs.put((fn, future))
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise ReadTimeout(f"read exceeded {timeout:.3g}s") from None
 
-        def target() -> None:
+    @staticmethod
+    def _work(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:
+            fn, future = jobs.get()
             try:
-                box["value"] = fn()
-            except BaseException as err:  # handed to the caller's thread below
-                box["error"] = err
-
-        worker = threading.Thread(target=target, name=self._name, daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            with self._lock:
-                self._stuck = worker
-            raise ReadTimeout(f"read exceeded {timeout:.3g}s")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+                future.set_result(fn())
+            except BaseException as err:  # handed to the caller's thread by the future
+                future.set_exception(err)
 
 
 # --------------------------------------------------------------------------- collector
