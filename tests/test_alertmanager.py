@@ -83,3 +83,50 @@ def test_critical_alert_is_delivered_to_the_webhook_log(repo_root: Path, tmp_pat
         am.stop()
         receiver.terminate()
         receiver.wait(timeout=10)
+
+
+def post_alerts(am: Alertmanager, alerts: list[dict]) -> None:
+    req = urllib.request.Request(f"{am.url}/api/v2/alerts", data=json.dumps(alerts).encode(),
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def test_inhibitions(repo_root: Path, tmp_path: Path):
+    """TargetDown silences a host's other alerts except TrainingCrashed; critical silences
+    the warning of the same alert, run and host only."""
+    cfg = load_config(None, environ={"TUNEWATCH_STACK__WEBHOOK_PORT": str(free_port())})
+    text = render_alertmanager_config(repo_root / "alertmanager" / "alertmanager.yml", cfg)
+    am = Alertmanager(tmp_path, text)
+    am.start()
+
+    def alert(name: str, severity: str, host: str, run: str = "r1") -> dict:
+        return {"labels": {"alertname": name, "severity": severity, "host": host, "run": run}}
+
+    try:
+        post_alerts(am, [
+            alert("TargetDown", "warning", "train1"),
+            alert("TrainingCrashed", "critical", "train1"),
+            alert("GPUThrottled", "warning", "train1"),
+            alert("GPUThrottled", "warning", "eval1"),
+            alert("GPUTemperatureHigh", "critical", "eval1"),
+            alert("GPUTemperatureHigh", "warning", "eval1"),
+            alert("GPUTemperatureHigh", "warning", "eval1", run="r2"),
+        ])
+
+        def states() -> dict[tuple[str, str, str, str], bool]:
+            return {(a["labels"]["alertname"], a["labels"]["severity"], a["labels"]["host"],
+                     a["labels"]["run"]): bool(a["status"]["inhibitedBy"])
+                    for a in am.alerts()}
+
+        wait_for(lambda: len(states()) == 7 and any(states().values()), 30, "inhibitions")
+        assert states() == {
+            ("TargetDown", "warning", "train1", "r1"): False,
+            ("TrainingCrashed", "critical", "train1", "r1"): False,
+            ("GPUThrottled", "warning", "train1", "r1"): True,
+            ("GPUThrottled", "warning", "eval1", "r1"): False,
+            ("GPUTemperatureHigh", "critical", "eval1", "r1"): False,
+            ("GPUTemperatureHigh", "warning", "eval1", "r1"): True,
+            ("GPUTemperatureHigh", "warning", "eval1", "r2"): False,
+        }
+    finally:
+        am.stop()

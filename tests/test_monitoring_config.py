@@ -52,6 +52,11 @@ def test_every_alert_has_a_unit_test_severity_and_runbook(repo_root: Path):
                 assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
                 anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
                 assert anchor in anchors, f"{name}: no runbook section #{anchor}"
+                if name != "Watchdog":  # the dead man's switch fires at once, by design
+                    assert rule.get("for"), f"{name} has no for:"
+                    description = rule["annotations"]["description"]
+                    assert "$value" in description or "$labels" in description, (
+                        f"{name}: description carries no value or label")
 
 
 def test_amtool_check_config(repo_root: Path):
@@ -99,6 +104,18 @@ def test_compose_gpu_override_is_valid(repo_root: Path):
     exporter = json.loads(done.stdout)["services"]["exporter"]
     devices = exporter["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia"
+
+
+def test_compose_eval_profile_gives_the_evaluator_a_gpu(repo_root: Path):
+    done = run([str(compose_binary()), "-f", "docker-compose.yml", "--profile", "eval",
+                "config", "--format", "json"], repo_root)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    evaluator = json.loads(done.stdout)["services"]["evaluator"]
+    assert evaluator["command"][0] == "evaluate"
+    assert evaluator["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == [
+        "gpu"]
 
 
 def test_compose_validation_detects_a_broken_file(repo_root: Path, tmp_path: Path):

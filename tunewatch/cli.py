@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-train": ("tunewatch.demo", "train the tiny demo model with the Prometheus callback"),
     "eval-once": ("evaluators.eval_once", "evaluate one checkpoint on the validation suite"),
     "evaluate": ("evaluators.daemon", "evaluate every new checkpoint and publish metrics (:9947)"),
+    "compare": ("evaluators.compare_cmd", "paired comparison of two checkpoints (McNemar)"),
 }
 
 

@@ -132,6 +132,10 @@ class EvaluatorConfig:
     confidence_level: of every Wilson interval.
     composite_weights: weights of exact_match, likelihood (exp(-CE)), calibration (1 - ECE)
     and contract (pass rate); parts that do not exist for a suite are left out.
+
+    Daemon keys (docs/evaluator.md): checkpoints, state_dir, last_k, settle_seconds,
+    rescan_seconds, retry_attempts / retry_backoff_seconds (tries in all, first wait,
+    doubling), curriculum_min_share (floor share of each difficulty in the recommended mix).
     """
 
     listen_address: str = "127.0.0.1:9947"

@@ -142,12 +142,22 @@ def demo_dir(cfg: Config, data_dir: Path) -> Path:
 
 def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
     """The tunewatch processes of the stack."""
+    demo = demo_dir(cfg, data_dir)
     return [
         Component(
             "exporter",
             tunewatch_argv("exporter", "--config", str(exporter_config(cfg, data_dir)),
                            "--web.listen-address", cfg.exporter.listen_address),
             _port(cfg.exporter.listen_address), "/-/healthy", job="tunewatch-exporter",
+        ),
+        Component(
+            "evaluator",
+            tunewatch_argv("evaluate", "--checkpoints", str(demo / "checkpoints"),
+                           "--data", str(demo / "data"),
+                           "--state-dir", str(data_dir / "evaluator"),
+                           "--web.listen-address", cfg.evaluator.listen_address),
+            _port(cfg.evaluator.listen_address), "/-/healthy", job="tunewatch-evaluator",
+            role="eval",
         ),
         Component(
             "webhook",

@@ -1,0 +1,185 @@
+"""Benchmark: every tunewatch server under 50 concurrent scrapers for 60 s.
+
+Why: monitoring must be the last thing to fall over. Several Prometheus servers, a
+federation, a curious engineer with `watch curl` and Grafana's explore tab can all hit an
+exporter at once; it must answer every one of them (no error, no 503 at this load) with a
+latency that stays small. This starts the real processes (the host exporter on recorded
+readings of 16 GPUs, the training sidecar on a status file, and the evaluator after one
+evaluation of the tiny model, when their commands exist), then runs N scraper threads
+against each in turn, each thread scraping in a loop over its own keep-alive connection.
+
+    python bench/bench_load.py                      # 50 scrapers, 60 s per server
+    python bench/bench_load.py --smoke              # 10 scrapers, 3 s (a test runs it)
+
+Exit status 1 when any scrape failed (full run only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from bench_exporter import free_port, replicate_readings  # noqa: E402
+
+log = logging.getLogger("bench_load")
+
+
+@dataclass
+class Server:
+    """A started tunewatch process to put under load."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def error(self, kind: str) -> None:
+        with self.lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def start(name: str, args: list[str], workdir: Path, env: dict[str, str]) -> Server:
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunewatch", *args, "--web.listen-address", f"127.0.0.1:{port}"],
+        env={**os.environ, "TUNEWATCH_LOG_LEVEL": "warning", **env}, cwd=workdir,
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited:\n{log_path.read_text()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/-/healthy")
+            if conn.getresponse().status == 200:
+                return Server(name, port, proc, log_path)
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{name} did not answer within 120 s:\n{log_path.read_text()}")
+
+
+def scraper(port: int, stop_at: float, tally: Tally) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while time.monotonic() < stop_at:
+        begin = time.perf_counter()
+        try:
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            tally.error(type(exc).__name__)
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            continue
+        elapsed = time.perf_counter() - begin
+        if resp.status != 200:
+            tally.error(f"http_{resp.status}")
+            continue
+        with tally.lock:
+            tally.latencies.append(elapsed)
+    conn.close()
+
+
+def load(server: Server, scrapers: int, seconds: float) -> dict[str, Any]:
+    tally = Tally()
+    stop_at = time.monotonic() + seconds
+    threads = [threading.Thread(target=scraper, args=(server.port, stop_at, tally))
+               for _ in range(scrapers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = sorted(tally.latencies)
+    return {
+        "server": server.name, "scrapers": scrapers, "seconds": seconds,
+        "scrapes": len(lat), "errors": dict(tally.errors),
+        "scrapes_per_second": round(len(lat) / seconds, 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
+        "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1000, 2) if lat else None,
+    }
+
+
+def servers(workdir: Path, only: list[str]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """What to start: (name, tunewatch arguments, environment)."""
+    readings = replicate_readings(16, workdir)
+    specs = [("exporter", ["exporter", "--no-collector.files"],
+              {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings),
+               "TUNEWATCH_EXPORTER__MAX_CONCURRENT_SCRAPES": "64"})]
+    status = workdir / "training_status.json"
+    status.write_text(json.dumps({"state": "training", "step": 120, "max_steps": 1000,
+                                  "loss": 1.25, "learning_rate": 1e-4,
+                                  "updated_at": time.time()}))
+    specs.append(("training-sidecar", ["training-sidecar", "--status-file", str(status)],
+                  {"TUNEWATCH_TRAINING__MAX_CONCURRENT_SCRAPES": "64"}))
+    return [s for s in specs if not only or s[0] in only]
+
+
+def as_text(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"
+        lines.append(f"{r['server']:>18}: {r['scrapers']} scrapers x {r['seconds']:g} s: "
+                     f"{r['scrapes']} scrapes ({r['scrapes_per_second']}/s), p50 "
+                     f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors: {errors}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="10 scrapers for 3 s")
+    parser.add_argument("--scrapers", type=int, default=None, help="default 50 (smoke 10)")
+    parser.add_argument("--seconds", type=float, default=None, help="default 60 (smoke 3)")
+    parser.add_argument("--only", nargs="*", default=[], help="server names to load")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    scrapers = args.scrapers or (10 if args.smoke else 50)
+    seconds = args.seconds or (3.0 if args.smoke else 60.0)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        for name, targs, env in servers(Path(tmp), args.only):
+            server = start(name, targs, Path(tmp), env)
+            try:
+                results.append(load(server, scrapers, seconds))
+            finally:
+                server.stop()
+    sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else as_text(results))
+    failed = [r["server"] for r in results if r["errors"] or not r["scrapes"]]
+    if failed and not args.smoke:
+        log.error("scrapes failed on: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

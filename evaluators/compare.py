@@ -1,0 +1,128 @@
+"""Paired comparison of two checkpoints on the same examples, and the regression decision.
+
+Why paired: on 50 examples a 2-point drop in exact match is noise, and two independent
+intervals overlap too much to tell. Comparing the same examples, only the discordant pairs
+carry information: `fixed` (wrong before, right now) and `broken` (right before, wrong now).
+The exact McNemar test on them says how likely such a split is with no real change.
+
+- difference: EM(now) - EM(baseline) on the paired examples, with a Wald interval for a
+  paired difference, sqrt((b + c) - (b - c)^2 / n) / n * z (Agresti & Min), clipped to [-1, 1].
+- regression (DESIGN section 9): a drop of at least `min_drop_overall` overall (or
+  `min_drop_per_difficulty` in one difficulty) whose McNemar p-value on those paired
+  examples is below `max_p_value`.
+- ranking: the last K checkpoints by composite score (ties: exact match, then later step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from evaluators.stats import mcnemar_exact_p, z_for
+from tunewatch.config import RegressionConfig
+
+# An outcome as kept in the state file: example key -> (exact match, difficulty).
+Outcomes = Mapping[str, tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Paired counts and tests between a checkpoint and a baseline."""
+
+    examples: int
+    fixed: int
+    broken: int
+    p_value: float
+    difference: float
+    difference_low: float
+    difference_high: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A checkpoint against one baseline (previous or best)."""
+
+    baseline: str
+    baseline_step: int
+    overall: Paired
+    per_difficulty: dict[str, Paired] = field(default_factory=dict)
+    regression: bool = False
+
+
+def paired(now: Sequence[bool], before: Sequence[bool], confidence_level: float = 0.95) -> Paired:
+    """Paired statistics of two equally long outcome lists (same examples, same order)."""
+    if len(now) != len(before):
+        raise ValueError("paired outcomes differ in length")
+    n = len(now)
+    if n < 1:
+        raise ValueError("a paired comparison needs at least one example")
+    fixed = sum(1 for a, b in zip(now, before, strict=True) if a and not b)
+    broken = sum(1 for a, b in zip(now, before, strict=True) if b and not a)
+    diff = (fixed - broken) / n
+    z = z_for(confidence_level)
+    spread = max(0.0, (fixed + broken) - (fixed - broken) ** 2 / n)
+    half = z * math.sqrt(spread) / n
+    return Paired(
+        examples=n, fixed=fixed, broken=broken, p_value=mcnemar_exact_p(broken, fixed),
+        difference=diff, difference_low=max(-1.0, diff - half),
+        difference_high=min(1.0, diff + half),
+    )
+
+
+def _is_drop(p: Paired, min_drop: float, max_p: float) -> bool:
+    # The tiny epsilon keeps an exact 5-point drop a drop despite float rounding.
+    return -p.difference >= min_drop - 1e-12 and p.p_value < max_p
+
+
+def compare(
+    now: Outcomes,
+    before: Outcomes,
+    *,
+    baseline: str,
+    baseline_step: int,
+    rules: RegressionConfig,
+    confidence_level: float = 0.95,
+) -> Comparison | None:
+    """Compare on the examples both have; None when they share none."""
+    keys = sorted(set(now) & set(before))
+    if not keys:
+        return None
+    overall = paired([now[k][0] for k in keys], [before[k][0] for k in keys], confidence_level)
+    by_difficulty: dict[str, list[str]] = {}
+    for k in keys:
+        by_difficulty.setdefault(now[k][1], []).append(k)
+    per = {
+        d: paired([now[k][0] for k in ks], [before[k][0] for k in ks], confidence_level)
+        for d, ks in sorted(by_difficulty.items())
+    }
+    regression = _is_drop(overall, rules.min_drop_overall, rules.max_p_value) or any(
+        _is_drop(p, rules.min_drop_per_difficulty, rules.max_p_value) for p in per.values()
+    )
+    return Comparison(baseline, baseline_step, overall, per, regression)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One of the last K checkpoints in the ranking (rank 1 is the best)."""
+
+    rank: int
+    step: int
+    checkpoint: str
+    composite_score: float | None
+    exact_match: float
+
+
+def rank(entries: Sequence[tuple[int, str, float | None, float]], last_k: int) -> list[Ranked]:
+    """Rank the last K checkpoints (by step) of (step, checkpoint, composite, exact match).
+
+    Ordered by composite score (a checkpoint without one ranks after those with one), then
+    exact match, then the later step.
+    """
+    recent = sorted(entries, key=lambda e: e[0])[-last_k:]
+    ordered = sorted(
+        recent,
+        key=lambda e: (e[2] is not None, e[2] if e[2] is not None else 0.0, e[3], e[0]),
+        reverse=True,
+    )
+    return [Ranked(i + 1, s, c, score, em) for i, (s, c, score, em) in enumerate(ordered)]

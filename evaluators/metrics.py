@@ -1,0 +1,236 @@
+"""The evaluator's metric families, built from its latest state on every scrape.
+
+Why a table of families: docs/metrics.md lists exactly what the daemon publishes, so every
+family is declared once here (name, type, help) and always exposed, with samples where there
+is something to say. A value that was not measured (no comparison yet, a failed checkpoint,
+no contract configured) has no sample: never a 0 or an inf in its place.
+
+Overall figures are the series with `difficulty="all"`; the per-difficulty series use the
+difficulty's name. Other breakdowns (regime, source, pattern, length bucket) are marginals,
+each in its own family, so every family has one label set.
+
+Example exposition (abridged):
+
+    tunewatch_eval_checkpoint_step 300.0
+    tunewatch_eval_exact_match_ratio{difficulty="all"} 0.42
+    tunewatch_eval_exact_match_ratio{difficulty="easy"} 0.9
+    tunewatch_eval_regression_p_value{baseline="previous"} 0.0039
+    tunewatch_eval_ranking_composite_score{checkpoint="checkpoint-300",step="300"} 0.61
+    tunewatch_eval_failures_total{reason="weights"} 1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from evaluators.curriculum import recommended_mix
+from evaluators.evaluate import EvalResult
+from evaluators.summary import GroupStats
+from tunewatch.config import EvaluatorConfig
+
+OVERALL = "all"
+MARGINALS = ("regime", "source", "pattern", "length_bucket")
+
+# name -> (type, labels, help). Counters without `_total` (client_python adds it).
+FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "tunewatch_eval_checkpoint_step": (
+        "gauge", (), "Training step of the checkpoint the measurements below describe."),
+    "tunewatch_eval_examples": (
+        "gauge", ("difficulty",), "Examples evaluated (difficulty=all: the whole suite)."),
+    "tunewatch_eval_exact_match_ratio": (
+        "gauge", ("difficulty",), "Exact match rate."),
+    "tunewatch_eval_exact_match_low_ratio": (
+        "gauge", ("difficulty",), "Lower bound of the exact match Wilson interval."),
+    "tunewatch_eval_exact_match_high_ratio": (
+        "gauge", ("difficulty",), "Upper bound of the exact match Wilson interval."),
+    "tunewatch_eval_normalized_match_ratio": (
+        "gauge", ("difficulty",), "Normalized match rate."),
+    "tunewatch_eval_contract_pass_ratio": (
+        "gauge", ("difficulty",), "Output contract pass rate (only with contracts)."),
+    "tunewatch_eval_cross_entropy": (
+        "gauge", ("difficulty",), "Teacher-forced cross-entropy of the golden answers, "
+        "nats per token."),
+    "tunewatch_eval_answer_confidence_ratio": (
+        "gauge", ("difficulty",), "Mean answer confidence."),
+    "tunewatch_eval_expected_calibration_error": (
+        "gauge", ("difficulty",), "Expected calibration error of answer confidence."),
+    "tunewatch_eval_brier_score": (
+        "gauge", ("difficulty",), "Brier score of answer confidence against exact match."),
+    "tunewatch_eval_composite_score": (
+        "gauge", ("difficulty",), "Composite score (weighted parts, 0..1)."),
+    "tunewatch_eval_failed_examples": (
+        "gauge", ("difficulty", "failure_mode"), "Wrong answers by failure mode."),
+    "tunewatch_eval_calibration_bin_examples": (
+        "gauge", ("bin",), "Examples with an answer confidence in the bin."),
+    "tunewatch_eval_calibration_bin_accuracy_ratio": (
+        "gauge", ("bin",), "Exact match rate of the examples in the bin."),
+    "tunewatch_eval_calibration_bin_confidence_ratio": (
+        "gauge", ("bin",), "Mean answer confidence of the examples in the bin."),
+    **{
+        f"tunewatch_eval_{m}_exact_match_ratio": (
+            "gauge", (m,), f"Exact match rate per {m.replace('_', ' ')}.")
+        for m in MARGINALS
+    },
+    **{
+        f"tunewatch_eval_{m}_examples": (
+            "gauge", (m,), f"Examples evaluated per {m.replace('_', ' ')}.")
+        for m in MARGINALS
+    },
+    "tunewatch_eval_curriculum_mix_ratio": (
+        "gauge", ("difficulty",), "Recommended share of the next data round per difficulty."),
+    "tunewatch_eval_regression_p_value": (
+        "gauge", ("baseline",), "Exact McNemar p-value against the baseline (paired)."),
+    "tunewatch_eval_regression": (
+        "gauge", ("baseline",), "1 if the drop against the baseline is a regression."),
+    "tunewatch_eval_baseline_step": (
+        "gauge", ("baseline",), "Step of the baseline checkpoint."),
+    "tunewatch_eval_paired_examples": (
+        "gauge", ("baseline",), "Examples evaluated on both checkpoints."),
+    "tunewatch_eval_paired_fixed_examples": (
+        "gauge", ("baseline",), "Paired examples wrong on the baseline and right now."),
+    "tunewatch_eval_paired_broken_examples": (
+        "gauge", ("baseline",), "Paired examples right on the baseline and wrong now."),
+    "tunewatch_eval_exact_match_difference_ratio": (
+        "gauge", ("baseline",), "Exact match now minus on the baseline (paired examples)."),
+    "tunewatch_eval_exact_match_difference_low_ratio": (
+        "gauge", ("baseline",), "Lower bound of the paired difference's interval."),
+    "tunewatch_eval_exact_match_difference_high_ratio": (
+        "gauge", ("baseline",), "Upper bound of the paired difference's interval."),
+    "tunewatch_eval_difficulty_regression_p_value": (
+        "gauge", ("baseline", "difficulty"), "Exact McNemar p-value within one difficulty."),
+    "tunewatch_eval_cross_entropy_change_ratio": (
+        "gauge", ("baseline",), "Cross-entropy now over the baseline's, minus 1."),
+    "tunewatch_eval_best_checkpoint_step": (
+        "gauge", (), "Step of the best checkpoint (highest exact match; ties: later)."),
+    "tunewatch_eval_ranking_position": (
+        "gauge", ("checkpoint", "step"), "Rank among the last K checkpoints (1 = best)."),
+    "tunewatch_eval_ranking_composite_score": (
+        "gauge", ("checkpoint", "step"), "Composite score of one of the last K checkpoints."),
+    "tunewatch_eval_ranking_exact_match_ratio": (
+        "gauge", ("checkpoint", "step"), "Exact match of one of the last K checkpoints."),
+    "tunewatch_eval_duration_seconds": (
+        "gauge", (), "Wall time of the last successful evaluation, model load included."),
+    "tunewatch_eval_examples_per_second": (
+        "gauge", (), "Examples per second of the last successful evaluation pass."),
+    "tunewatch_eval_tokens_per_second": (
+        "gauge", (), "Generated tokens per second of the last successful evaluation pass."),
+    "tunewatch_eval_discovery_delay_seconds": (
+        "gauge", (), "From the last file write of the checkpoint to its evaluation start."),
+    "tunewatch_eval_last_success_timestamp_seconds": (
+        "gauge", (), "When the last successful evaluation finished (unix seconds)."),
+    "tunewatch_eval_evaluations": (
+        "counter", (), "Checkpoints evaluated successfully by this process."),
+    "tunewatch_eval_failures": (
+        "counter", ("reason",), "Failed evaluation attempts by reason."),
+    "tunewatch_eval_backlog_checkpoints": (
+        "gauge", (), "Complete checkpoints waiting to be evaluated (retries included)."),
+    "tunewatch_eval_newest_checkpoint_step": (
+        "gauge", (), "Step of the newest complete checkpoint on disk."),
+    "tunewatch_eval_lag_steps": (
+        "gauge", (), "Newest complete checkpoint step minus the last evaluated step."),
+    "tunewatch_eval_run": (
+        "info", ("run",), "The run this evaluator belongs to (TUNEWATCH_RUN)."),
+}
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _add(out: Samples, name: str, labels: dict[str, str], value: float | None) -> None:
+    """Add a sample; None and non-finite values are not measurements and are dropped."""
+    if name not in FAMILIES:
+        raise KeyError(f"undeclared metric family {name}")
+    if value is None or not math.isfinite(value):
+        return
+    out.setdefault(name, []).append((labels, float(value)))
+
+
+def _group(out: Samples, difficulty: str, g: GroupStats) -> None:
+    d = {"difficulty": difficulty}
+    _add(out, "tunewatch_eval_examples", d, g.examples)
+    _add(out, "tunewatch_eval_exact_match_ratio", d, g.exact_match.value)
+    _add(out, "tunewatch_eval_exact_match_low_ratio", d, g.exact_match.low)
+    _add(out, "tunewatch_eval_exact_match_high_ratio", d, g.exact_match.high)
+    _add(out, "tunewatch_eval_normalized_match_ratio", d, g.normalized_match.value)
+    if g.contract is not None:
+        _add(out, "tunewatch_eval_contract_pass_ratio", d, g.contract.value)
+    _add(out, "tunewatch_eval_cross_entropy", d, g.cross_entropy)
+    _add(out, "tunewatch_eval_answer_confidence_ratio", d, g.mean_confidence)
+    if g.calibration is not None:
+        _add(out, "tunewatch_eval_expected_calibration_error", d, g.calibration.ece)
+        _add(out, "tunewatch_eval_brier_score", d, g.calibration.brier)
+    _add(out, "tunewatch_eval_composite_score", d, g.composite_score)
+    for mode, count in sorted(g.failure_modes.items()):
+        _add(out, "tunewatch_eval_failed_examples", {**d, "failure_mode": mode}, count)
+
+
+def _bin_label(low: float, high: float) -> str:
+    return f"{low:g}-{high:g}"
+
+
+def measurement(result: EvalResult, cfg: EvaluatorConfig, *, duration: float,
+                discovery_delay: float | None) -> Samples:
+    """Every figure of one successful evaluation, as samples (stored in the state file)."""
+    out: Samples = {}
+    _add(out, "tunewatch_eval_checkpoint_step", {}, result.step)
+    _group(out, OVERALL, result.overall)
+    difficulties = result.breakdowns.get("difficulty", {})
+    for name, g in difficulties.items():
+        _group(out, name, g)
+    cal = result.overall.calibration
+    for b in cal.bins if cal is not None else []:
+        labels = {"bin": _bin_label(b.low, b.high)}
+        _add(out, "tunewatch_eval_calibration_bin_examples", labels, b.count)
+        _add(out, "tunewatch_eval_calibration_bin_accuracy_ratio", labels, b.accuracy)
+        _add(out, "tunewatch_eval_calibration_bin_confidence_ratio", labels, b.mean_confidence)
+    for m in MARGINALS:
+        for value, g in result.breakdowns.get(m, {}).items():
+            _add(out, f"tunewatch_eval_{m}_exact_match_ratio", {m: value}, g.exact_match.value)
+            _add(out, f"tunewatch_eval_{m}_examples", {m: value}, g.examples)
+    mix = recommended_mix({d: g.exact_match.value for d, g in difficulties.items()},
+                          cfg.curriculum_min_share)
+    for name, share in mix.items():
+        _add(out, "tunewatch_eval_curriculum_mix_ratio", {"difficulty": name}, share)
+    generated = sum(o.generated_tokens for o in result.outcomes)
+    _add(out, "tunewatch_eval_duration_seconds", {}, duration)
+    _add(out, "tunewatch_eval_examples_per_second", {}, result.run.examples_per_second)
+    if result.run.duration_seconds > 0:
+        _add(out, "tunewatch_eval_tokens_per_second", {},
+             generated / result.run.duration_seconds)
+    _add(out, "tunewatch_eval_discovery_delay_seconds", {}, discovery_delay)
+    return out
+
+
+def to_jsonable(samples: Samples) -> dict[str, Any]:
+    return {name: [[labels, value] for labels, value in rows] for name, rows in samples.items()}
+
+
+def from_jsonable(data: dict[str, Any]) -> Samples:
+    return {
+        name: [(dict(labels), float(value)) for labels, value in rows]
+        for name, rows in data.items() if name in FAMILIES
+    }
+
+
+def families(samples: Samples) -> Iterator[Metric]:
+    """Every declared family, in declaration order, with the samples known for it."""
+    for name, (kind, labels, text) in FAMILIES.items():
+        rows = samples.get(name, [])
+        family: Metric
+        if kind == "counter":
+            family = CounterMetricFamily(name, text, labels=labels)
+        elif kind == "info":
+            family = InfoMetricFamily(name, text, labels=())
+            for row_labels, _value in rows:
+                family.add_metric([], row_labels)
+            yield family
+            continue
+        else:
+            family = GaugeMetricFamily(name, text, labels=labels)
+        for row_labels, value in rows:
+            family.add_metric([row_labels.get(k, "") for k in labels], value)
+        yield family
