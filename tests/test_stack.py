@@ -61,7 +61,11 @@ def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_p
         import psutil
 
         for child in psutil.Process(proc.pid).children(recursive=True):
-            if "up" in child.cmdline() and any("tunewatch" in a for a in child.cmdline()):
+            try:
+                argv = child.cmdline()
+            except psutil.Error:
+                continue  # exited meanwhile (its exit shows in the output below)
+            if "up" in argv and any("tunewatch" in a for a in argv):
                 child.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     text = out.decode(errors="replace")

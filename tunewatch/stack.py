@@ -143,7 +143,16 @@ def demo_dir(cfg: Config, data_dir: Path) -> Path:
 def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
     """The tunewatch processes of the stack."""
     demo = demo_dir(cfg, data_dir)
+    trainer = []
+    if cfg.demo.enabled:
+        trainer = [Component(
+            "demo-train",
+            tunewatch_argv("demo-train", "--output-dir", str(demo),
+                           "--web.listen-address", cfg.training.listen_address),
+            _port(cfg.training.listen_address), "/-/healthy", job="tunewatch-training",
+        )]
     return [
+        *trainer,
         Component(
             "exporter",
             tunewatch_argv("exporter", "--config", str(exporter_config(cfg, data_dir)),

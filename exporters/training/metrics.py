@@ -1,0 +1,305 @@
+"""TrainingMetrics: the training metrics of one run, framework-free, collected on scrape.
+
+Why: the transformers callback, a hand-written training loop and the status-file sidecar
+all publish the same series (DESIGN section 9), so they share this one object. It keeps the
+latest facts under a lock; `collect()` turns them into metric families on each scrape, so
+no `_created` samples appear and a value that was never measured is absent, not 0:
+
+    tunewatch_training_step{run="r1"} 120
+    tunewatch_training_max_steps{run="r1"} 600
+    tunewatch_training_loss{run="r1"} 1.93
+    tunewatch_training_tokens_total{run="r1"} 48211
+    tunewatch_training_state{run="r1",state="training"} 1
+    tunewatch_training_run_info{dataset="",model="tiny-qwen3-demo",regime="",run="r1"} 1
+
+Every series carries the `run` label (given, else `$TUNEWATCH_RUN`, else `default` as in
+tunewatch.yml). Cumulative quantities (`tokens`, `samples`) are totals so far, exposed as counters;
+a total that goes down (a restarted run) is a counter reset, which rate() handles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger("tunewatch.training")
+
+# The states of `tunewatch_training_state`; `stale` and `unknown` only come from the sidecar
+# (no status update for too long, or no status file), but every process publishes the whole
+# set so that dashboards and rules see the same series everywhere.
+STATES = ("idle", "training", "paused", "completed", "crashed", "stale", "unknown")
+TRAINER_STATES = ("idle", "training", "paused", "completed", "crashed")
+
+# Eval metrics from on_evaluate beyond the loss are published with a `metric` label; this
+# many names at most (the Trainer's own are a handful), so the label stays bounded.
+MAX_EVAL_METRICS = 16
+
+GAUGES = {
+    "step": ("tunewatch_training_step", "Optimizer steps completed (the Trainer's global_step)."),
+    "max_steps": ("tunewatch_training_max_steps", "Optimizer steps the run will take in all."),
+    "epoch": ("tunewatch_training_epoch", "Epochs completed, fractional."),
+    "loss": ("tunewatch_training_loss", "Training loss last logged (finite values only)."),
+    "grad_norm": ("tunewatch_training_grad_norm",
+                  "Gradient norm last logged, before clipping (finite values only)."),
+    "learning_rate": ("tunewatch_training_learning_rate", "Learning rate last logged."),
+}
+
+
+def _finite(value: Any) -> float | None:
+    """The value as a float if it is a finite number, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class TrainingMetrics:
+    """The training metrics of one run; register it in a CollectorRegistry.
+
+    For a hand-written loop:
+
+        metrics = TrainingMetrics(run="r1", model_name="my-model")
+        registry = CollectorRegistry(); registry.register(metrics)
+        metrics.set_state("training")
+        metrics.update(step=step, max_steps=1000, loss=loss.item(), tokens=tokens_so_far)
+        metrics.checkpoint_saved(step)
+        metrics.set_state("completed")
+    """
+
+    def __init__(
+        self,
+        run: str | None = None,
+        *,
+        model_name: str = "",
+        dataset: str = "",
+        regime: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run = (os.environ.get("TUNEWATCH_RUN") or "default") if run is None else run
+        self.info = {"model": model_name, "dataset": dataset, "regime": regime}
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._gauges: dict[str, float] = {}
+        self._tokens: float | None = None
+        self._samples: float | None = None
+        self._state = "idle"
+        self._last_step_ts: float | None = None
+        self._nonfinite = 0
+        self._eval_loss: float | None = None
+        self._eval: dict[str, float] = {}
+        self._checkpoints = 0
+        self._checkpoint_step: float | None = None
+        self._checkpoint_ts: float | None = None
+
+    # ------------------------------------------------------------------ updates
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def set_state(self, state: str) -> None:
+        """One of STATES; anything else is a ValueError."""
+        if state not in STATES:
+            raise ValueError(f"training state {state!r}: expected one of {', '.join(STATES)}")
+        with self._lock:
+            self._state = state
+
+    def set_info(self, **info: str) -> None:
+        """Change run_info labels (model, dataset, regime) or the run itself (run=...)."""
+        with self._lock:
+            for key, value in info.items():
+                if key == "run":
+                    self.run = str(value)
+                elif key in self.info:
+                    self.info[key] = str(value)
+                else:
+                    raise ValueError(f"unknown run_info field {key!r}")
+
+    def update(
+        self,
+        *,
+        step: float | None = None,
+        max_steps: float | None = None,
+        epoch: float | None = None,
+        loss: float | None = None,
+        grad_norm: float | None = None,
+        learning_rate: float | None = None,
+        tokens: float | None = None,
+        samples: float | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        """Record the facts given (None: unchanged).
+
+        step: optimizer steps done; a new step also sets the last-step timestamp (now, or
+        `timestamp`). tokens/samples: totals seen so far. A loss or grad norm that is NaN or
+        infinite is not published; a non-finite loss increments
+        tunewatch_training_nonfinite_loss_total instead.
+        """
+        with self._lock:
+            if step is not None:
+                new = _finite(step)
+                if new is not None:
+                    if new != self._gauges.get("step"):
+                        self._last_step_ts = self.clock() if timestamp is None else timestamp
+                    self._gauges["step"] = new
+            if loss is not None:
+                if _finite(loss) is None:
+                    self._nonfinite += 1
+                else:
+                    self._gauges["loss"] = float(loss)
+            for key, value in (("max_steps", max_steps), ("epoch", epoch),
+                               ("grad_norm", grad_norm), ("learning_rate", learning_rate)):
+                number = _finite(value)
+                if number is not None:
+                    self._gauges[key] = number
+            if (number := _finite(tokens)) is not None:
+                self._tokens = number
+            if (number := _finite(samples)) is not None:
+                self._samples = number
+
+    def record_step(self, step: int, epoch: float | None = None, tokens: float | None = None,
+                    samples: float | None = None) -> None:
+        """The per-step fast path for trusted numbers (a Trainer's state): no validation."""
+        with self._lock:
+            gauges = self._gauges
+            if gauges.get("step") != step:
+                self._last_step_ts = self.clock()
+                gauges["step"] = step
+            if epoch is not None:
+                gauges["epoch"] = epoch
+            if tokens is not None:
+                self._tokens = tokens
+            if samples is not None:
+                self._samples = samples
+
+    def evaluated(self, metrics: Mapping[str, Any]) -> None:
+        """Record an evaluation: `eval_loss` and other numeric `eval_*` metrics.
+
+        Keys may carry the Trainer's `eval_` prefix or not. Runtime and throughput keys are
+        skipped (they describe the evaluation, not the model); non-finite values are dropped.
+        """
+        with self._lock:
+            for key, value in metrics.items():
+                name = key[5:] if key.startswith("eval_") else key
+                number = _finite(value)
+                if number is None or name in ("runtime", "samples_per_second",
+                                              "steps_per_second", "epoch", "step"):
+                    continue
+                if name == "loss":
+                    self._eval_loss = number
+                elif name in self._eval or len(self._eval) < MAX_EVAL_METRICS:
+                    self._eval[name] = number
+                else:
+                    log.warning("eval metric %r not published: more than %d eval metrics",
+                                key, MAX_EVAL_METRICS)
+
+    def checkpoint_saved(self, step: float, timestamp: float | None = None) -> None:
+        """A checkpoint was written at `step` (now, or at `timestamp`)."""
+        with self._lock:
+            self._checkpoints += 1
+            self._checkpoint_step = float(step)
+            self._checkpoint_ts = self.clock() if timestamp is None else timestamp
+
+    def restore_checkpoint_facts(self, step: float | None, timestamp: float | None) -> None:
+        """Set the last checkpoint step/time without counting a save (the sidecar)."""
+        with self._lock:
+            if step is not None:
+                self._checkpoint_step = float(step)
+            if timestamp is not None:
+                self._checkpoint_ts = float(timestamp)
+
+    # ------------------------------------------------------------------ exposition
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            run = self.run
+            gauges = dict(self._gauges)
+            tokens, samples, state = self._tokens, self._samples, self._state
+            last_step_ts, nonfinite = self._last_step_ts, self._nonfinite
+            eval_loss, evals = self._eval_loss, dict(self._eval)
+            checkpoints, ckpt_step, ckpt_ts = (self._checkpoints, self._checkpoint_step,
+                                               self._checkpoint_ts)
+            info = dict(self.info)
+        labels = ["run"]
+        for key, (name, text) in GAUGES.items():
+            family = GaugeMetricFamily(name, text, labels=labels)
+            if key in gauges:
+                family.add_metric([run], gauges[key])
+            yield family
+        family = CounterMetricFamily(
+            "tunewatch_training_tokens", "Input tokens seen so far (absent when the trainer "
+            "does not count them).", labels=labels)
+        if tokens is not None:
+            family.add_metric([run], tokens)
+        yield family
+        family = CounterMetricFamily("tunewatch_training_samples",
+                                     "Training samples seen so far.", labels=labels)
+        if samples is not None:
+            family.add_metric([run], samples)
+        yield family
+        # A state set (OpenMetrics), written as a gauge with a `state` label as DESIGN names
+        # it; client_python's StateSetMetricFamily would name the label after the metric.
+        states = GaugeMetricFamily("tunewatch_training_state",
+                                   "Training state: exactly one of the states is 1.",
+                                   labels=["run", "state"])
+        for name in STATES:
+            states.add_metric([run, name], 1.0 if name == state else 0.0)
+        yield states
+        family = GaugeMetricFamily("tunewatch_training_last_step_timestamp_seconds",
+                                   "Unix time the step last advanced.", labels=labels)
+        if last_step_ts is not None:
+            family.add_metric([run], last_step_ts)
+        yield family
+        family = CounterMetricFamily("tunewatch_training_nonfinite_loss",
+                                     "Logged losses that were NaN or infinite (not published "
+                                     "as the loss).", labels=labels)
+        family.add_metric([run], nonfinite)
+        yield family
+        family = GaugeMetricFamily("tunewatch_training_eval_loss",
+                                   "Loss of the last evaluation during training.", labels=labels)
+        if eval_loss is not None:
+            family.add_metric([run], eval_loss)
+        yield family
+        family = GaugeMetricFamily("tunewatch_training_eval_metric",
+                                   "Other numeric metrics of the last evaluation during "
+                                   "training, by name without the eval_ prefix.",
+                                   labels=["run", "metric"])
+        for name, value in sorted(evals.items()):
+            family.add_metric([run, name], value)
+        yield family
+        family = CounterMetricFamily("tunewatch_training_checkpoints_saved",
+                                     "Checkpoints saved by this process.", labels=labels)
+        family.add_metric([run], checkpoints)
+        yield family
+        family = GaugeMetricFamily("tunewatch_training_last_checkpoint_step",
+                                   "Step of the last checkpoint saved.", labels=labels)
+        if ckpt_step is not None:
+            family.add_metric([run], ckpt_step)
+        yield family
+        family = GaugeMetricFamily("tunewatch_training_last_checkpoint_timestamp_seconds",
+                                   "Unix time the last checkpoint was saved.", labels=labels)
+        if ckpt_ts is not None:
+            family.add_metric([run], ckpt_ts)
+        yield family
+        run_info = InfoMetricFamily("tunewatch_training_run", "The run: model, data set, "
+                                    "regime.", labels=labels)
+        run_info.add_metric([run], info)
+        yield run_info
+
+    def describe(self) -> list[Metric]:
+        return []
