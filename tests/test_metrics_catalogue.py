@@ -7,14 +7,17 @@ catalogue belongs to one process; "Every tunewatch server" belongs to all of the
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from services import Tunewatch, promtool_check_metrics
+from services import Tunewatch, free_port, http_get, promtool_check_metrics, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| `(tunewatch_\w+)` \| (\w+)")
@@ -37,16 +40,14 @@ def catalogue() -> dict[str, dict[str, str]]:
 
 
 def published(text: str) -> dict[str, str]:
-    """Exposed name -> type; counters by their `_total` samples, `_created` left out."""
+    """Exposed name -> type, from the families' TYPE lines (a family published without
+    samples yet still counts); counters as `..._total`, `_created` left out."""
     out: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
-        if family.type in ("histogram", "summary", "gaugehistogram"):
-            out[family.name] = family.type
+        if family.name.endswith("_created") and family.type == "gauge":
             continue
-        for sample in family.samples:
-            if family.type == "counter" and sample.name.endswith("_created"):
-                continue
-            out[sample.name] = family.type
+        suffix = "_total" if family.type == "counter" else ""
+        out[family.name + suffix] = family.type
     return out
 
 
@@ -122,3 +123,95 @@ def test_every_row_is_well_formed():
             assert len(cells) >= 5, line
             assert cells[1].split()[0] in ("gauge", "counter", "histogram", "summary"), line
             assert cells[2] and cells[4], line
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def training_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """The sidecar on a status file and a queue with a malformed line, after a scrape with
+    the status file missing; and TrainingMetrics (what the callback publishes) served by
+    `exporters.training.serve` after steps, an evaluation, a checkpoint and a NaN loss."""
+    from exporters.training import TrainingMetrics, serve
+
+    root = tmp_path_factory.mktemp("catalogue-training")
+    status = root / "training_status.json"
+    queue = root / "queue"
+    queue.mkdir()
+    (queue / "q.jsonl").write_text('{"messages": []}\n{broken\n')
+    sidecar = Tunewatch("sidecar", root).start(
+        ["training-sidecar", "--status-file", str(status), "--queue-dir", f"{queue}:high"])
+    metrics = TrainingMetrics(run="cat", model_name="tiny", dataset="d", regime="plain_sft")
+    server = serve(metrics, f"127.0.0.1:{free_port()}")
+    try:
+        sidecar.metrics()  # status file missing: the error path
+        status.write_text(json.dumps({
+            "state": "training", "step": 10, "max_steps": 100, "epoch": 0.5, "loss": 1.5,
+            "eval_loss": 1.7, "learning_rate": 1e-4, "grad_norm": 0.9, "tokens_seen": 5000,
+            "samples_seen": 80, "run": "cat", "model": "tiny", "current_file": "a.jsonl",
+            "batch": 3, "batches_total": 10, "updated_at": time.time()}))
+        wait_for(lambda: "tunewatch_training_step{" in sidecar.metrics(), 30, "status read")
+        metrics.set_state("training")
+        metrics.update(step=1, max_steps=10, epoch=0.1, loss=2.0, grad_norm=1.0,
+                       learning_rate=1e-4, tokens=100, samples=4)
+        metrics.update(step=2, loss=float("nan"))
+        metrics.evaluated({"eval_loss": 1.9, "eval_accuracy": 0.25})
+        metrics.checkpoint_saved(2)
+        status_code, body = http_get(f"{server.url}/metrics")
+        assert status_code == 200
+        yield [sidecar.metrics(), body.decode()]
+    finally:
+        server.stop()
+        sidecar.stop()
+
+
+def test_training_servers_match_the_catalogue(training_texts: list[str]):
+    seen: dict[str, str] = {}
+    for text in training_texts:
+        seen.update(published(text))
+    assert_equal(section("Training metrics"), seen, "sidecar and callback together")
+
+
+def test_training_output_passes_promtool(training_texts: list[str]):
+    for text in training_texts:
+        assert promtool_check_metrics(text) == ""
+
+
+# --------------------------------------------------------------------------- evaluator
+
+
+@pytest.fixture(scope="module")
+def evaluator_text(tmp_path_factory: pytest.TempPathFactory, tiny_run) -> Iterator[str]:
+    """The daemon after two good checkpoints and one broken one (failure path)."""
+    root = tmp_path_factory.mktemp("catalogue-evaluator")
+    ckpts = root / "checkpoints"
+    ckpts.mkdir()
+    for src in tiny_run.checkpoints[:2]:
+        shutil.copytree(src, ckpts / src.name)
+    broken = ckpts / "checkpoint-1"
+    shutil.copytree(tiny_run.checkpoints[0], broken)
+    (broken / "config.json").write_text("{not json")
+    daemon = Tunewatch("evaluator", root).start(
+        ["evaluate", "--checkpoints", str(ckpts), "--data", str(tiny_run.data_dir),
+         "--state-dir", str(root / "state"), "--limit", "30"],
+        env={"TUNEWATCH_EVALUATOR__RETRY_BACKOFF_SECONDS": "0"})
+
+    def done() -> bool:
+        text = daemon.metrics()
+        return ("tunewatch_eval_evaluations_total 2.0" in text
+                and 'tunewatch_eval_failures_total{reason="config"} 0.0' not in text)
+
+    try:
+        wait_for(done, 180, "two evaluations and one failure")
+        yield daemon.metrics()
+    finally:
+        daemon.stop()
+
+
+def test_evaluator_matches_the_catalogue(evaluator_text: str):
+    assert_equal(section("Evaluator"), published(evaluator_text), "tunewatch evaluate")
+
+
+def test_evaluator_output_passes_promtool(evaluator_text: str):
+    assert promtool_check_metrics(evaluator_text) == ""
