@@ -7,7 +7,7 @@ TUNEWATCH := $(VENV)/bin/tunewatch
 UP_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap up test bench lint clean
+.PHONY: bootstrap up test bench lint clean dashboards
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -30,6 +30,10 @@ lint: bootstrap
 	@promtool check rules prometheus/rules/*.yml
 	@promtool test rules prometheus/tests/*.yml
 	@amtool check-config alertmanager/alertmanager.yml
+
+# Grafana dashboards: grafana/dashboards/*.json from grafana/dashboards_src/ (commit both).
+dashboards: bootstrap
+	@PYTHONPATH=grafana $(PY) -m dashboards_src
 
 clean:
 	rm -rf var .pytest_cache

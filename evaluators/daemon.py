@@ -331,6 +331,8 @@ class Daemon:
         for difficulty, dp in comp.per_difficulty.items():
             metrics._add(out, "tunewatch_eval_difficulty_regression_p_value",
                          {**b, "difficulty": difficulty}, dp.p_value)
+            metrics._add(out, "tunewatch_eval_difficulty_exact_match_difference_ratio",
+                         {**b, "difficulty": difficulty}, dp.difference)
         now_ce = self.state.checkpoints[step].get("cross_entropy")
         base_ce = self.state.checkpoints[comp.baseline_step].get("cross_entropy")
         if now_ce is not None and base_ce:

@@ -103,6 +103,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge", ("baseline",), "Upper bound of the paired difference's interval."),
     "tunewatch_eval_difficulty_regression_p_value": (
         "gauge", ("baseline", "difficulty"), "Exact McNemar p-value within one difficulty."),
+    "tunewatch_eval_difficulty_exact_match_difference_ratio": (
+        "gauge", ("baseline", "difficulty"),
+        "Paired exact match difference within one difficulty (now minus baseline)."),
     "tunewatch_eval_cross_entropy_change_ratio": (
         "gauge", ("baseline",), "Cross-entropy now over the baseline's, minus 1."),
     "tunewatch_eval_best_checkpoint_step": (

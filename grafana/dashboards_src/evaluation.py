@@ -1,0 +1,150 @@
+"""Evaluation dashboard: the evaluator's figures across checkpoints.
+
+Why it joins on run_info: the evaluator's measurement series carry no `run` label (one
+evaluator serves one run, DESIGN section 9); `tunewatch_eval_run_info{run}` names it, so
+every query keeps only the evaluators of the chosen run with `and on (job, instance)`.
+The evaluator publishes marginals (per pattern, per length bucket), not cross-products, so
+the seeds' pattern x length heatmap is drawn as two heatmaps over checkpoints.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import dashboard as dm
+
+from .common import (
+    Layout,
+    bar_chart,
+    datasource_variable,
+    heatmap_panel,
+    new_dashboard,
+    query_variable,
+    runbook_link,
+    stat_panel,
+    table_panel,
+    target,
+    thresholds,
+    ts,
+)
+
+RUN = ' and on (job, instance) tunewatch_eval_run_info{run="$run"}'
+EVAL_HOSTS = 'group by (host) (tunewatch_eval_run_info{run="$run"})'
+TABLE_HIDDEN = ["Time", "__name__", "job", "instance", "host", "role"]
+
+
+def of_run(expr: str) -> str:
+    """The expression restricted to the evaluators of the chosen run."""
+    return f"({expr}){RUN}"
+
+
+def build() -> db.Dashboard:
+    """The Evaluation dashboard."""
+    d = new_dashboard("evaluation", "tunewatch / Evaluation",
+                      "Evaluation of every checkpoint of a run: exact match, cross-entropy, "
+                      "calibration, regressions, ranking, breakdowns, throughput.")
+    d.with_variable(datasource_variable())
+    d.with_variable(query_variable("run", "Run", "label_values(tunewatch_eval_run_info, run)"))
+    lay = Layout(d)
+    regression_map = dm.ValueMap(options={
+        "0": dm.ValueMappingResult(text="OK", color="green", index=0),
+        "1": dm.ValueMappingResult(text="REGRESSION", color="red", index=1)})
+
+    lay.row("Latest checkpoint")
+    lay.add(stat_panel("Evaluated step", "Step of the checkpoint the figures below describe "
+                       "(the latest evaluated).", "none",
+                       [target(of_run("tunewatch_eval_checkpoint_step"), "step", instant=True)],
+                       thresholds(1e12, 1e13), light=False), 4, 4)
+    lay.add(stat_panel("Best step", "Step of the best checkpoint so far (highest exact "
+                       "match; ties: the later step).", "none",
+                       [target(of_run("tunewatch_eval_best_checkpoint_step"), "best",
+                               instant=True)],
+                       thresholds(1e12, 1e13), light=False), 4, 4)
+    lay.add(stat_panel("Regression", "1 if the latest checkpoint regressed against the "
+                       "baseline (a drop of enough points with McNemar p below the level).",
+                       "none",
+                       [target(of_run("tunewatch_eval_regression"), "{{baseline}}",
+                               instant=True)],
+                       thresholds(0.5, 1), [runbook_link("evalregression")],
+                       mappings=[regression_map]), 4, 4)
+    lay.add(stat_panel("Regression p-value", "Exact two-sided McNemar p-value of the paired "
+                       "outcomes against each baseline; small means the change is real.",
+                       "none",
+                       [target(of_run("tunewatch_eval_regression_p_value"), "{{baseline}}",
+                               instant=True)],
+                       thresholds(0.2, 0.05, higher_is_worse=False),
+                       [runbook_link("evalregression")]), 4, 4)
+    lay.add(stat_panel("Evaluation lag", "Newest complete checkpoint step minus the highest "
+                       "evaluated step.", "none",
+                       [target(of_run("tunewatch_eval_lag_steps"), "lag", instant=True)],
+                       thresholds(1, 1000), [runbook_link("evallagging")]), 4, 4)
+    lay.add(stat_panel("Failures", "Failed evaluation attempts over the time range, all "
+                       "reasons.", "none",
+                       [target(of_run("sum by (job, instance) (increase("
+                                      "tunewatch_eval_failures_total[$__range]))"),
+                               "failures", instant=True)],
+                       thresholds(1, 3), [runbook_link("evaluatorfailing")]), 4, 4)
+
+    lay.row("Quality across checkpoints")
+    lay.add(ts("Exact match per difficulty", "Exact match rate of each evaluated checkpoint "
+               "by difficulty (all = whole suite), with the step of the checkpoint evaluated "
+               "(right axis), so each change lines up with its checkpoint.", "percentunit",
+               [target(of_run("tunewatch_eval_exact_match_ratio"), "{{difficulty}}"),
+                target(of_run("tunewatch_eval_checkpoint_step"), "checkpoint step", "B")],
+               thresholds(0.5, 0.2, higher_is_worse=False), [runbook_link("evalregression")],
+               0).override_by_query(
+                   "B", [dm.DynamicConfigValue(id_val="unit", value="none"),
+                         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                         dm.DynamicConfigValue(id_val="custom.lineStyle",
+                                               value={"fill": "dash", "dash": [10, 10]})]),
+            12, 8)
+    lay.add(ts("Cross-entropy per difficulty", "Teacher-forced cross-entropy of the golden "
+               "answers, nats per token.", "none",
+               [target(of_run("tunewatch_eval_cross_entropy"), "{{difficulty}}")],
+               thresholds(2, 4), [runbook_link("evallossregression")]), 12, 8)
+    lay.add(ts("Expected calibration error", "ECE of answer confidence against exact match "
+               "per difficulty (0 = perfectly calibrated).", "percentunit",
+               [target(of_run("tunewatch_eval_expected_calibration_error"), "{{difficulty}}")],
+               thresholds(0.1, 0.2), [runbook_link("evalcalibrationdegraded")], 0, 1), 8, 8)
+    lay.add(bar_chart("Reliability diagram", "Per confidence bin: the exact match rate and "
+                      "the mean confidence; a calibrated model has equal bars.",
+                      "percentunit",
+                      [target(of_run("tunewatch_eval_calibration_bin_accuracy_ratio"),
+                              "accuracy", instant=True, table_format=True),
+                       target(of_run("tunewatch_eval_calibration_bin_confidence_ratio"),
+                              "confidence", "B", instant=True, table_format=True)],
+                      thresholds(0.5, 0.2, higher_is_worse=False), "bin"), 8, 8)
+    lay.add(table_panel("Checkpoint ranking", "The last K checkpoints by composite score "
+                        "(1 = best), with their exact match.", "none",
+                        [target(of_run("tunewatch_eval_ranking_position"), "rank",
+                                instant=True, table_format=True),
+                         target(of_run("tunewatch_eval_ranking_composite_score"), "composite",
+                                "B", instant=True, table_format=True),
+                         target(of_run("tunewatch_eval_ranking_exact_match_ratio"),
+                                "exact match", "C", instant=True, table_format=True)],
+                        thresholds(2, 3), TABLE_HIDDEN, sort_by="Value #A"), 8, 8)
+
+    lay.row("Breakdowns and throughput")
+    lay.add(heatmap_panel("Exact match by pattern across checkpoints", "Exact match rate "
+                          "per pattern (rows) over time (one column per evaluation).",
+                          "percentunit",
+                          [target(of_run("tunewatch_eval_pattern_exact_match_ratio"),
+                                  "{{pattern}}")],
+                          thresholds(0.5, 0.2, higher_is_worse=False)), 8, 8)
+    lay.add(heatmap_panel("Exact match by prompt length across checkpoints", "Exact match "
+                          "rate per prompt-length bucket in tokens (rows) over time.",
+                          "percentunit",
+                          [target(of_run("tunewatch_eval_length_bucket_exact_match_ratio"),
+                                  "{{length_bucket}}")],
+                          thresholds(0.5, 0.2, higher_is_worse=False)), 8, 8)
+    lay.add(ts("Throughput and VRAM", "Generated tokens per second of each evaluation "
+               "against the peak GPU memory on the eval host (fraction of installed): a "
+               "larger batch raises both until memory runs out.", "short",
+               [target(of_run("tunewatch_eval_tokens_per_second"), "tokens/s"),
+                target("max by (host) (tunewatch_gpu_memory_used_peak_bytes / "
+                       f"tunewatch_gpu_memory_total_bytes and on (host) {EVAL_HOSTS})",
+                       "{{host}} peak VRAM", "B")],
+               thresholds(90, 95, percentage=True)).override_by_query(
+                   "B", [dm.DynamicConfigValue(id_val="unit", value="percentunit"),
+                         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                         dm.DynamicConfigValue(id_val="max", value=1)]), 8, 8)
+    return d
