@@ -133,14 +133,13 @@ def servers(workdir: Path, only: list[str]) -> list[tuple[str, list[str], dict[s
     """What to start: (name, tunewatch arguments, environment)."""
     readings = replicate_readings(16, workdir)
     specs = [("exporter", ["exporter", "--no-collector.files"],
-              {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings),
-               "TUNEWATCH_EXPORTER__MAX_CONCURRENT_SCRAPES": "64"})]
+              {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings)})]
     status = workdir / "training_status.json"
     status.write_text(json.dumps({"state": "training", "step": 120, "max_steps": 1000,
                                   "loss": 1.25, "learning_rate": 1e-4,
                                   "updated_at": time.time()}))
     specs.append(("training-sidecar", ["training-sidecar", "--status-file", str(status)],
-                  {"TUNEWATCH_TRAINING__MAX_CONCURRENT_SCRAPES": "64"}))
+                  {}))
     return [s for s in specs if not only or s[0] in only]
 
 

@@ -412,7 +412,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     registry = CollectorRegistry()
     registry.register(daemon)  # type: ignore[arg-type]
     options = ServerOptions(title="tunewatch evaluator",
-                            max_concurrent_scrapes=ev.max_concurrent_scrapes)
+                            max_concurrent_scrapes=ev.max_concurrent_scrapes,
+                            scrape_wait_seconds=ev.scrape_wait_seconds)
     try:
         server = start_server(registry, ev.listen_address, ev.web_config_file, options)
     except ServerStartError as exc:

@@ -101,7 +101,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     names = enabled_collectors(ex, args)
     registry, collector_set = build_registry(build_collectors(ex, names), ex)
     options = ServerOptions(title="tunewatch host exporter",
-                            max_concurrent_scrapes=ex.max_concurrent_scrapes)
+                            max_concurrent_scrapes=ex.max_concurrent_scrapes,
+                            scrape_wait_seconds=ex.scrape_wait_seconds)
     try:
         server = start_server(registry, args.listen_address or ex.listen_address,
                               args.web_config_file or ex.web_config_file, options)

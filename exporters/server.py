@@ -63,6 +63,7 @@ class ServerOptions:
 
     title: str = "tunewatch exporter"
     max_concurrent_scrapes: int = 8
+    scrape_wait_seconds: float = 1.0
     request_timeout_seconds: float = 10.0
     ready: Callable[[], bool] = field(default=lambda: True)
     links: dict[str, str] = field(default_factory=dict)
@@ -186,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, params: dict[str, list[str]]) -> None:
         owner = self.server.owner
-        if not owner.slots.acquire(blocking=False):
+        if not owner.slots.acquire(timeout=owner.options.scrape_wait_seconds):
             owner.rejections.inc("too_many_scrapes")
             self._send(503, b"Too many concurrent scrapes; retry later\n",
                        "text/plain; charset=utf-8", {"Retry-After": "1"})

@@ -170,7 +170,7 @@ def test_hung_collector_times_out_and_is_not_run_twice():
 
 def test_concurrency_limit_answers_503_and_recovers():
     slow = Blocking("slow")
-    server, cs = serve([slow], timeout=20, max_concurrent_scrapes=2)
+    server, cs = serve([slow], timeout=20, max_concurrent_scrapes=2, scrape_wait_seconds=0.2)
     results: list[int] = []
     try:
         threads = [threading.Thread(target=lambda: results.append(

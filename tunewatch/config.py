@@ -63,6 +63,7 @@ class ExporterConfig:
     listen_address: str = "127.0.0.1:9945"
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
+    scrape_wait_seconds: float = 1.0
     collector_timeout_seconds: float = 5.0
     collectors: dict[str, bool] = field(
         default_factory=lambda: {"gpu": True, "process": True, "files": True}
@@ -83,6 +84,7 @@ class TrainingConfig:
     listen_address: str = "127.0.0.1:9946"
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
+    scrape_wait_seconds: float = 1.0
     status_file: str = "status/training_status.json"
     queue_dirs: list[QueueDir] = field(default_factory=list)
     stale_after_seconds: float = 300.0
@@ -141,6 +143,7 @@ class EvaluatorConfig:
     listen_address: str = "127.0.0.1:9947"
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
+    scrape_wait_seconds: float = 1.0
     checkpoints: str = "var/demo/checkpoints"
     data: str = "var/demo/data"
     files: list[str] = field(default_factory=list)
@@ -205,6 +208,9 @@ class DemoConfig:
     seed: int = 0
     step_delay_seconds: float = 0.1
     output_dir: str = "var/demo"
+    degrade_at_step: int = 300
+    degrade_noise: float = 1.0
+    degrade_pause_seconds: float = 180.0
 
 
 @dataclass
@@ -327,6 +333,8 @@ def _server_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     sections = {"exporter": cfg.exporter, "training": cfg.training, "evaluator": cfg.evaluator}
     checks = [(f"{name}.max_concurrent_scrapes", sec.max_concurrent_scrapes >= 1,
                "must be at least 1") for name, sec in sections.items()]
+    checks += [(f"{name}.scrape_wait_seconds", sec.scrape_wait_seconds >= 0, "must be >= 0")
+               for name, sec in sections.items()]
     checks.append(("exporter.collector_timeout_seconds",
                    cfg.exporter.collector_timeout_seconds > 0, "must be above 0"))
     checks.append(("exporter.process_max_matches", cfg.exporter.process_max_matches >= 1,
@@ -348,6 +356,11 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     bins = ev.calibration_bins
     return [
         *_server_checks(cfg),
+        ("demo.degrade_at_step",
+         cfg.demo.degrade_at_step >= 0 and cfg.demo.degrade_at_step % max(
+             cfg.demo.save_steps, 1) == 0,
+         "must be 0 (off) or a multiple of demo.save_steps"),
+        ("demo.degrade_pause_seconds", cfg.demo.degrade_pause_seconds >= 0, "must be >= 0"),
         ("evaluator.batch_size", ev.batch_size >= 1, "must be at least 1"),
         ("evaluator.max_new_tokens", ev.max_new_tokens >= 1, "must be at least 1"),
         ("evaluator.last_k", ev.last_k >= 1, "must be at least 1"),

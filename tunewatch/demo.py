@@ -37,6 +37,40 @@ class PaceCallback(TrainerCallback):
             time.sleep(self.delay_seconds)
 
 
+class DegradeCallback(TrainerCallback):
+    """Publishes a damaged copy of one checkpoint, then pauses: the demo's regression.
+
+    Why: a newcomer should see the whole loop (a bad checkpoint, EvalRegression firing in
+    Alertmanager, then resolving when the next good checkpoint is evaluated) within minutes.
+    The copy is named checkpoint-<step+1> and written atomically after checkpoint-<step>
+    is complete; during the pause the run's state is `paused` (no stall alert), so the
+    damaged checkpoint stays the newest long enough for the alert's `for:` to pass.
+    """
+
+    def __init__(self, checkpoints: Path, metrics: Any, cfg: Config) -> None:
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.cfg = cfg.demo
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step
+        if not self.cfg.degrade_at_step or step != self.cfg.degrade_at_step:
+            return
+        from tunewatch import tinymodel
+
+        bad = self.checkpoints / f"checkpoint-{step + 1}"
+        if bad.exists():
+            return
+        tinymodel.degrade_checkpoint(self.checkpoints / f"checkpoint-{step}", bad,
+                                     self.cfg.degrade_noise, self.cfg.seed)
+        log.warning("demo: wrote %s, a damaged copy of checkpoint-%d (noise %.2g x std); "
+                    "pausing %.0f s so that EvalRegression fires", bad.name, step,
+                    self.cfg.degrade_noise, self.cfg.degrade_pause_seconds)
+        self.metrics.set_state("paused")
+        time.sleep(self.cfg.degrade_pause_seconds)
+        self.metrics.set_state("training")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="default: demo.output_dir")
     parser.add_argument("--max-steps", type=int, default=None, help="default: demo.max_steps")
@@ -73,6 +107,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         listen_address=args.listen or cfg.training.listen_address, run=cfg.run,
         model_name="tiny-qwen3-demo", web_config_file=cfg.training.web_config_file,
         max_concurrent_scrapes=cfg.training.max_concurrent_scrapes,
+        scrape_wait_seconds=cfg.training.scrape_wait_seconds,
         crash_grace_seconds=cfg.training.crash_grace_seconds,
     )
     try:
@@ -83,7 +118,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
              checkpoints)
     tinymodel.train(
         model, tokenizer, pairs, checkpoints, max_steps=max_steps, save_steps=save_steps,
-        seed=cfg.demo.seed, spec=spec, callbacks=[callback, PaceCallback(delay)],
+        seed=cfg.demo.seed, spec=spec,
+        callbacks=[callback, PaceCallback(delay),
+                   DegradeCallback(checkpoints, callback.metrics, cfg)],
     )
     log.info("demo: training finished; serving the final state until stopped")
     if args.exit_when_done:

@@ -140,6 +140,15 @@ def demo_dir(cfg: Config, data_dir: Path) -> Path:
     return data_dir / "demo"
 
 
+def reset_demo(cfg: Config, data_dir: Path) -> None:
+    """Each `make up` trains the demo afresh: old checkpoints and the evaluator's memory of
+    them would otherwise hide the new run's (same steps, already evaluated)."""
+    for path in (demo_dir(cfg, data_dir), data_dir / "evaluator"):
+        if path.exists():
+            log.info("demo: starting over, removing %s", path)
+            shutil.rmtree(path)
+
+
 def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
     """The tunewatch processes of the stack."""
     demo = demo_dir(cfg, data_dir)
@@ -442,6 +451,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     data_dir = Path(cfg.stack.data_dir).resolve()
     components, prom = build_components(cfg, data_dir)
     check_ports(components)
+    if cfg.demo.enabled:
+        reset_demo(cfg, data_dir)
     prepare_files(cfg, data_dir, components)
     stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,3 +395,31 @@ def list_checkpoints(root: Path) -> list[Path]:
         if path.is_dir() and suffix.isdigit():
             found.append((int(suffix), path))
     return [path for _step, path in sorted(found)]
+
+
+def degrade_checkpoint(src: Path, dst: Path, noise: float, seed: int) -> Path:
+    """Copy checkpoint `src` to `dst` with Gaussian noise added to every weight tensor.
+
+    Why: the demo and the end-to-end alert test need a checkpoint that really regresses, made
+    the way regressions really happen (damaged weights), not a faked metric. Each tensor gets
+    noise of `noise` times its own standard deviation. The copy is built beside `dst` and
+    renamed into place, so a watcher never sees it half-written.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tmp = dst.parent / f".{dst.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    generator = torch.Generator().manual_seed(seed)
+    for path in sorted(tmp.glob("*.safetensors")):
+        tensors = load_file(path)
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and tensor.numel() > 1:
+                spread = float(tensor.float().std()) or 1.0
+                jitter = torch.randn(tensor.shape, generator=generator) * spread * noise
+                tensors[name] = (tensor.float() + jitter).to(tensor.dtype)
+        save_file(tensors, path, metadata={"format": "pt"})
+    tmp.rename(dst)
+    return dst

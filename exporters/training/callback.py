@@ -51,12 +51,14 @@ class PrometheusCallback(TrainerCallback):
         regime: str = "",
         web_config_file: str = "",
         max_concurrent_scrapes: int = 8,
+        scrape_wait_seconds: float = 1.0,
         crash_grace_seconds: float = 30.0,
         metrics: TrainingMetrics | None = None,
     ) -> None:
         self.listen_address = listen_address
         self.web_config_file = web_config_file
         self.max_concurrent_scrapes = max_concurrent_scrapes
+        self.scrape_wait_seconds = scrape_wait_seconds
         self.crash_grace_seconds = crash_grace_seconds
         self.metrics = metrics or TrainingMetrics(run, model_name=model_name, dataset=dataset,
                                                   regime=regime)
@@ -78,7 +80,8 @@ class PrometheusCallback(TrainerCallback):
             self.server = start_server(
                 self.registry, self.listen_address, self.web_config_file,
                 ServerOptions(title="tunewatch training metrics",
-                              max_concurrent_scrapes=self.max_concurrent_scrapes),
+                              max_concurrent_scrapes=self.max_concurrent_scrapes,
+                              scrape_wait_seconds=self.scrape_wait_seconds),
             )
         return self.server
 

@@ -302,7 +302,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     registry = CollectorRegistry()
     registry.register(collector)
     options = ServerOptions(title="tunewatch training sidecar",
-                            max_concurrent_scrapes=tc.max_concurrent_scrapes)
+                            max_concurrent_scrapes=tc.max_concurrent_scrapes,
+                            scrape_wait_seconds=tc.scrape_wait_seconds)
     try:
         server = start_server(registry, args.listen_address or tc.listen_address,
                               args.web_config_file or tc.web_config_file, options)
