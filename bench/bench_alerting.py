@@ -1,0 +1,120 @@
+"""Benchmark: from a damaged checkpoint written to the EvalRegression notification received.
+
+Why: the seeds wrote `regression_detected: true` into a JSON file that paged nobody; the
+figure that matters now is how long a team waits for the page. This runs the real pipeline
+on 127.0.0.1 (the tiny model's checkpoints, `tunewatch evaluate`, Prometheus with the
+repository's eval alert rules, Alertmanager with its routing, `tunewatch alert-log`), writes
+a damaged copy of the newest checkpoint and times the notification. The floor is set by
+configuration, and the report breaks the time down: evaluation, the rule's `for: 1m`, and
+Alertmanager's group_wait (30 s in alertmanager.yml; this run keeps it).
+
+    python bench/bench_alerting.py          # prints the figures; exit 1 if nothing arrives
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from services import Alertmanager, Prometheus, Tunewatch, free_port, http_get, wait_for  # noqa: E402
+
+from tunewatch.config import load_config  # noqa: E402
+from tunewatch.stack import render_alertmanager_config  # noqa: E402
+from tunewatch.tinymodel import build_tiny_run, degrade_checkpoint  # noqa: E402
+
+log = logging.getLogger("bench_alerting")
+
+
+def first_regression(path: Path) -> bool:
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        note = json.loads(line)
+        if any(a["labels"].get("alertname") == "EvalRegression" and a["status"] == "firing"
+               for a in note["alerts"]):
+            return True
+    return False
+
+
+def measure(work: Path, timeout: float) -> dict[str, Any]:
+    run = build_tiny_run(work / "tiny", max_steps=300, save_steps=100)
+    ckpts = work / "checkpoints"
+    ckpts.mkdir()
+    for src in run.checkpoints:
+        shutil.copytree(src, ckpts / src.name)
+    webhook_port = free_port()
+    cfg = load_config(None, environ={"TUNEWATCH_STACK__WEBHOOK_PORT": str(webhook_port)})
+    am_text = render_alertmanager_config(REPO / "alertmanager" / "alertmanager.yml", cfg)
+    log_file = work / "alerts.jsonl"
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "tunewatch", "alert-log", "--web.listen-address",
+         f"127.0.0.1:{webhook_port}", "--file", str(log_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for d in ("am", "prom"):
+        (work / d).mkdir()
+    am = Alertmanager(work / "am", am_text)
+    prom = Prometheus(work / "prom")
+    daemon = Tunewatch("evaluator", work)
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{webhook_port}/")[0] == 200, 30, "webhook")
+        am.start()
+        prom.alertmanager_urls = [f"127.0.0.1:{am.port}"]
+        prom.rule_files = [str(REPO / "prometheus" / "rules" / "eval.alerts.yml")]
+        prom.start()
+        daemon.start(["evaluate", "--checkpoints", str(ckpts), "--data", str(run.data_dir),
+                      "--state-dir", str(work / "state")])
+        prom.add_target("tunewatch-evaluator", daemon.address, {"host": "bench", "role": "eval"})
+        prom.wait_value('tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}',
+                        lambda v: v == 300, timeout=120)
+        written = time.monotonic()
+        degrade_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301", 1.0, 0)
+        prom.wait_value('tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}',
+                        lambda v: v == 301, timeout=120)
+        evaluated = time.monotonic() - written
+        prom.wait_value('count(ALERTS{alertname="EvalRegression",alertstate="firing"})',
+                        lambda v: v >= 1, timeout=timeout)
+        firing = time.monotonic() - written
+        wait_for(lambda: first_regression(log_file), timeout, "the notification")
+        received = time.monotonic() - written
+    finally:
+        daemon.stop()
+        prom.stop()
+        am.stop()
+        receiver.terminate()
+        receiver.wait(10)
+    return {"evaluated_seconds": round(evaluated, 1), "firing_seconds": round(firing, 1),
+            "notification_seconds": round(received, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="bench-alerting-") as tmp:
+        fig = measure(Path(tmp), args.timeout)
+    if args.json:
+        sys.stdout.write(json.dumps(fig, indent=2) + "\n")
+    else:
+        sys.stdout.write(
+            f"damaged checkpoint written -> evaluated and published: {fig['evaluated_seconds']}"
+            f" s; -> EvalRegression firing in Prometheus (for: 1m): {fig['firing_seconds']} s; "
+            f"-> notification at the webhook (group_wait 30s): {fig['notification_seconds']} s\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
