@@ -36,6 +36,7 @@ from evaluators.data import Suite, load_suite
 from evaluators.discovery import Candidate, Scanner, Watcher
 from evaluators.errors import REASONS, EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_checkpoint
+from evaluators.predictions.recorder import Recorder
 from evaluators.state import State, StateError, load, save
 from exporters.server import (
     ServerOptions,
@@ -72,8 +73,10 @@ class Daemon:
         once: bool = False,
         evaluate: Evaluate = evaluate_checkpoint,
         clock: Callable[[], float] = time.time,
+        recorder: Recorder | None = None,
     ) -> None:
         self.cfg = cfg
+        self.recorder = recorder
         self.checkpoints = Path(checkpoints)
         self.data = Path(data)
         self.state_dir = Path(state_dir)
@@ -222,6 +225,7 @@ class Daemon:
             self.state.published = metrics.to_jsonable(samples)
         self.state.prune(self.cfg.last_k)
         self._write_hard_examples(c, result)
+        self._record_predictions(c, result)
         self._save()
         with self._lock:
             self.evaluations += 1
@@ -237,11 +241,23 @@ class Daemon:
                             "%+.3f, McNemar p=%.4g", comp.baseline, comp.baseline_step,
                             comp.overall.difference, comp.overall.p_value)
 
+    def _record_predictions(self, c: Candidate, result: EvalResult) -> None:
+        """Queue the sample predictions (docs/predictions.md); never fails the evaluation."""
+        if self.recorder is None or self.suite is None:
+            return
+        try:
+            self.recorder.record(step=c.step, checkpoint=c.path, result=result,
+                                 examples=self.suite.examples)
+        except Exception:  # recording is best effort; the evaluation has succeeded
+            log.exception("recording the predictions of %s failed", c.path.name)
+
     def _save(self) -> None:
         try:
             save(self.state, self.state_dir)
         except OSError as exc:
             log.error("cannot write the evaluator state to %s: %s", self.state_dir, exc)
+            with self._lock:
+                self.failures["state_write"] += 1
 
     def _write_hard_examples(self, c: Candidate, result: EvalResult) -> None:
         """Wrong answers, in the seeds' messages format, appended to a dated JSONL file."""
@@ -353,6 +369,9 @@ class Daemon:
             samples["tunewatch_eval_evaluations"] = [({}, float(self.evaluations))]
             samples["tunewatch_eval_backlog_checkpoints"] = [({}, float(self.backlog))]
             samples["tunewatch_eval_run"] = [({"run": self.run_name}, 1.0)]
+            if self.recorder is not None:
+                for key, value in self.recorder.samples().items():
+                    metrics._add(samples, metrics.PREDICTION_FAMILIES[key], {}, value)
             succeeded = self.state.succeeded()
             if self.newest_step is not None:
                 samples["tunewatch_eval_newest_checkpoint_step"] = [
@@ -399,12 +418,16 @@ def _evaluator_config(args: argparse.Namespace, cfg: Config) -> EvaluatorConfig:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     ev = _evaluator_config(args, cfg)
+    recorder = (Recorder.from_config(cfg.predictions, state_dir=ev.state_dir, run=cfg.run)
+                if cfg.predictions.enabled else None)
     try:
         daemon = Daemon(ev, checkpoints=Path(ev.checkpoints), data=Path(ev.data),
                         state_dir=Path(ev.state_dir), run_name=cfg.run, limit=args.limit,
-                        once=args.once)
+                        once=args.once, recorder=recorder)
     except StateError as exc:
         log.error("%s (move it away to start afresh)", exc)
+        if recorder is not None:
+            recorder.close()
         return 1
     if not daemon.checkpoints.is_dir():
         log.warning("checkpoint directory %s does not exist (yet); waiting for it",
@@ -434,3 +457,5 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     finally:
         server.stop()
+        if recorder is not None:
+            recorder.close()

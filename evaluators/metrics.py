@@ -138,9 +138,31 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge", (), "Newest complete checkpoint step minus the last evaluated step."),
     "tunewatch_eval_run": (
         "info", ("run",), "The run this evaluator belongs to (TUNEWATCH_RUN)."),
+    "tunewatch_eval_predictions_written": (
+        "counter", (), "Prediction rows written to the predictions store (new rows)."),
+    "tunewatch_eval_predictions_spooled": (
+        "counter", (), "Prediction rows spooled locally because the store failed."),
+    "tunewatch_eval_predictions_failed": (
+        "counter", (), "Prediction rows lost: neither written nor spooled."),
+    "tunewatch_eval_predictions_spool_rows": (
+        "gauge", (), "Prediction rows waiting in the spool for the store."),
+    "tunewatch_eval_predictions_cost_checkpoint_seconds": (
+        "gauge", (), "Estimated generation time of the rows recorded per checkpoint."),
+    "tunewatch_eval_predictions_cost_run_seconds": (
+        "gauge", (), "Estimated generation time of the rows recorded over the whole run."),
 }
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+# Recorder.samples() key -> family (evaluators/predictions/recorder.py).
+PREDICTION_FAMILIES = {
+    "written": "tunewatch_eval_predictions_written",
+    "spooled": "tunewatch_eval_predictions_spooled",
+    "failed": "tunewatch_eval_predictions_failed",
+    "pending": "tunewatch_eval_predictions_spool_rows",
+    "cost_checkpoint": "tunewatch_eval_predictions_cost_checkpoint_seconds",
+    "cost_run": "tunewatch_eval_predictions_cost_run_seconds",
+}
 
 
 def _add(out: Samples, name: str, labels: dict[str, str], value: float | None) -> None:

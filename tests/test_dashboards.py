@@ -24,11 +24,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "grafana" / "dashboards"
 EXPECTED = {"training.json": "tunewatch-training", "hardware.json": "tunewatch-hardware",
-            "evaluation.json": "tunewatch-evaluation"}
+            "evaluation.json": "tunewatch-evaluation",
+            "predictions.json": "tunewatch-predictions"}
 GRAFANA_11_6_SCHEMA = 41
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
+# Dashboards on PostgreSQL (docs/predictions.md): SQL targets (rawSql) instead of PromQL.
+SQL_DASHBOARDS = {"predictions.json": ("grafana-postgresql-datasource", "tunewatch-postgres")}
 BUILTIN_VARS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s",
-                "__range_ms", "__all", "__name", "__auto"}
+                "__range_ms", "__all", "__name", "__auto", "__timeFilter"}
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
@@ -86,21 +89,29 @@ def test_uids_titles_and_schema_version():
     assert len(set(uids)) == len(uids)
 
 
+def query_text(target: dict[str, Any]) -> str:
+    """PromQL or, on the PostgreSQL dashboards, SQL."""
+    return target.get("expr") or target["rawSql"]
+
+
 def test_every_panel_and_target_uses_the_datasource_variable():
     for name, dash in all_dashboards().items():
+        kind, uid = SQL_DASHBOARDS.get(name, ("prometheus", "tunewatch-prometheus"))
+        ref = {"type": kind, "uid": "${datasource}"}
         variables = {v["name"]: v for v in dash["templating"]["list"]}
         ds = variables["datasource"]
-        assert ds["type"] == "datasource" and ds["query"] == "prometheus", name
-        assert ds["current"]["value"] == "tunewatch-prometheus"
+        assert ds["type"] == "datasource" and ds["query"] == kind, name
+        assert ds["current"]["value"] == uid
         for var in variables.values():
             if var["type"] == "query":
-                assert var["datasource"] == DS_REF, (name, var["name"])
+                assert var["datasource"] == ref, (name, var["name"])
         for panel in panels(dash):
-            assert panel["datasource"] == DS_REF, (name, panel["title"])
+            assert panel["datasource"] == ref, (name, panel["title"])
             assert panel["targets"], (name, panel["title"])
             for target in panel["targets"]:
-                assert target["datasource"] == DS_REF, (name, panel["title"])
-        assert "tunewatch-prometheus" not in json.dumps(dash["panels"]), name
+                assert target["datasource"] == ref, (name, panel["title"])
+                assert query_text(target), (name, panel["title"])
+        assert uid not in json.dumps(dash["panels"]), name
 
 
 def test_every_panel_has_unit_description_and_traffic_light_thresholds():
@@ -171,13 +182,13 @@ def test_variables_used_are_defined_and_rates_use_rate_interval():
         for panel in panels(dash):
             if panel.get("repeat"):
                 assert panel["repeat"] in defined, (name, panel["title"])
-            texts = [panel["title"]] + [t["expr"] for t in panel["targets"]]
+            texts = [panel["title"]] + [query_text(t) for t in panel["targets"]]
             for text in texts:
                 unknown = variables_used(text) - defined - BUILTIN_VARS
                 assert not unknown, (name, panel["title"], unknown)
             for target in panel["targets"]:
                 for window in re.findall(r"\b(?:i?rate|increase)\([^\[]*\[([^\]]+)\]",
-                                         target["expr"]):
+                                         target.get("expr", "")):
                     assert window in ("$__rate_interval", "$__range"), (name, panel["title"])
 
 
@@ -199,7 +210,8 @@ def test_provisioning_and_compose_mounts_agree():
     ds = yaml.safe_load((REPO / "grafana/provisioning/datasources/tunewatch.yml").read_text())
     uids = {d["uid"]: d["type"] for d in ds["datasources"]}
     assert uids == {"tunewatch-prometheus": "prometheus",
-                    "tunewatch-alertmanager": "alertmanager"}
+                    "tunewatch-alertmanager": "alertmanager",
+                    "tunewatch-postgres": "grafana-postgresql-datasource"}
     provider = yaml.safe_load(
         (REPO / "grafana/provisioning/dashboards/tunewatch.yml").read_text())["providers"][0]
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -230,7 +242,7 @@ def test_every_metric_queried_is_published_or_recorded():
         for panel in panels(dash):
             for target in panel["targets"]:
                 for metric in re.findall(r"\b((?:\w+:)*tunewatch_\w+(?::\w+)*|node_\w+)",
-                                         target["expr"]):
+                                         target.get("expr", "")):
                     if metric.startswith("node_") or metric in recorded:
                         continue
                     base = re.escape(re.sub(r"_(total|info)$", "", metric))

@@ -180,6 +180,35 @@ class EvaluatorConfig:
 
 
 @dataclass
+class PredictionsConfig:
+    """Sample predictions kept for every evaluated checkpoint (docs/predictions.md).
+
+    enabled: record at all. sample_size / seed: the fixed sample, the same examples at every
+    checkpoint. record_failed: also every wrong answer, at most max_failed per checkpoint.
+    frequency: checkpoint (every one) | steps (every every_n_steps) | epoch (first of each).
+    store_url: "" = SQLite under evaluator.state_dir, a sqlite:///path, or postgresql://...
+    (no password here: PGPASSFILE / PGPASSWORD). spool_dir: where rows wait while the store
+    is down ("" = <evaluator.state_dir>/predictions_spool). retention_days: older rows are
+    deleted, written first as JSONL to export_dir when it is set. max_text_chars: each text
+    is cut to this length. connect_timeout_seconds: of the store.
+    """
+
+    enabled: bool = True
+    sample_size: int = 20
+    seed: int = 0
+    record_failed: bool = False
+    max_failed: int = 200
+    frequency: Literal["checkpoint", "steps", "epoch"] = "checkpoint"
+    every_n_steps: int = 100
+    store_url: str = ""
+    spool_dir: str = ""
+    retention_days: float = 30.0
+    export_dir: str = ""
+    max_text_chars: int = 4000
+    connect_timeout_seconds: float = 5.0
+
+
+@dataclass
 class StackConfig:
     """`make up` / `tunewatch up`: the local stack on 127.0.0.1, data under `data_dir`."""
 
@@ -222,6 +251,7 @@ class Config:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    predictions: PredictionsConfig = field(default_factory=PredictionsConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     source: str = field(default="(defaults)", metadata={"internal": True})
@@ -350,6 +380,25 @@ def _server_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     return checks
 
 
+PREDICTION_LIMITS = {"sample_size": 1000, "max_failed": 5000, "max_text_chars": 100_000}
+
+
+def _predictions_checks(pr: PredictionsConfig) -> list[tuple[str, bool, str]]:
+    """Limits that keep recording cheap (issue 9: under 2% of an evaluation)."""
+    return [
+        *[(f"predictions.{key}", 1 <= getattr(pr, key) <= top, f"must be in [1, {top}]")
+          for key, top in PREDICTION_LIMITS.items()],
+        ("predictions.every_n_steps", pr.every_n_steps >= 1, "must be at least 1"),
+        ("predictions.retention_days", pr.retention_days > 0, "must be above 0"),
+        ("predictions.connect_timeout_seconds", pr.connect_timeout_seconds > 0,
+         "must be above 0"),
+        ("predictions.store_url",
+         pr.store_url == "" or pr.store_url.startswith(("sqlite:///", "postgresql://",
+                                                         "postgres://")),
+         "must be empty (SQLite under evaluator.state_dir), sqlite:///PATH or postgresql://..."),
+    ]
+
+
 def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Range rules that types alone cannot express: (key, ok, message)."""
     ev = cfg.evaluator
@@ -410,6 +459,7 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
             0.0 < ev.regression.max_p_value < 1.0,
             "must be in (0, 1)",
         ),
+        *_predictions_checks(cfg.predictions),
         ("exporter.max_concurrent_scrapes", cfg.exporter.max_concurrent_scrapes >= 1, ">= 1"),
         ("exporter.collector_timeout_seconds", cfg.exporter.collector_timeout_seconds > 0, "> 0"),
         ("demo.save_steps", cfg.demo.save_steps >= 1, "must be at least 1"),

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from . import evaluation, hardware, training
+from . import evaluation, hardware, predictions, training
 from .common import to_json
 
 BUILDERS: dict[str, Callable[[], db.Dashboard]] = {
     "training": training.build,
     "hardware": hardware.build,
     "evaluation": evaluation.build,
+    "predictions": predictions.build,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "dashboards"
 

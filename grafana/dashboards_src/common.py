@@ -35,6 +35,7 @@ UIDS = {
     "training": "tunewatch-training",
     "hardware": "tunewatch-hardware",
     "evaluation": "tunewatch-evaluation",
+    "predictions": "tunewatch-predictions",
 }
 GREEN, YELLOW, RED = "green", "yellow", "red"
 
