@@ -4,8 +4,8 @@ Why: monitoring must be the last thing to fall over. Several Prometheus servers,
 federation, a curious engineer with `watch curl` and Grafana's explore tab can all hit an
 exporter at once; it must answer every one of them (no error, no 503 at this load) with a
 latency that stays small. This starts the real processes (the host exporter on recorded
-readings of 16 GPUs, the training sidecar on a status file, and the evaluator after one
-evaluation of the tiny model, when their commands exist), then runs N scraper threads
+readings of 16 GPUs, the training sidecar on a status file, and the evaluator serving a
+recorded measurement of the tiny model, tests/fixtures/fleet/), then runs N scraper threads
 against each in turn, each thread scraping in a loop over its own keep-alive connection.
 
     python bench/bench_load.py                      # 50 scrapers, 60 s per server
@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,6 +141,15 @@ def servers(workdir: Path, only: list[str]) -> list[tuple[str, list[str], dict[s
                                   "updated_at": time.time()}))
     specs.append(("training-sidecar", ["training-sidecar", "--status-file", str(status)],
                   {}))
+    # The evaluator serves a real measurement (three evaluated checkpoints of the tiny
+    # model, tests/fixtures/fleet/evaluator_state.json) without evaluating anything here.
+    state_dir = workdir / "evaluator-state"
+    state_dir.mkdir(exist_ok=True)
+    shutil.copy(REPO / "tests" / "fixtures" / "fleet" / "evaluator_state.json",
+                state_dir / "state.json")
+    (workdir / "checkpoints").mkdir(exist_ok=True)
+    specs.append(("evaluator", ["evaluate", "--checkpoints", str(workdir / "checkpoints"),
+                                "--data", str(workdir), "--state-dir", str(state_dir)], {}))
     return [s for s in specs if not only or s[0] in only]
 
 

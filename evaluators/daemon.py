@@ -54,6 +54,23 @@ Evaluate = Callable[..., EvalResult]
 _MIN_SCAN_INTERVAL = 0.05  # seconds: a burst of file events costs one scan, not hundreds
 
 
+def _holds_checkpoint(path: Path, checkpoint: str) -> bool:
+    """Whether the hard-examples file already has rows of this checkpoint.
+
+    A line cut short by a kill mid-append is removed first (the file is cut back to its
+    last newline), so the file stays valid JSONL, usable as training data as it is.
+    """
+    if not path.exists():
+        return False
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    marker = json.dumps({"checkpoint": checkpoint})[1:-1].encode()
+    return any(marker in line for line in data.splitlines())
+
+
 def _sig_hash(candidate: Candidate) -> str:
     return hashlib.sha256(repr(candidate.signature).encode()).hexdigest()[:16]
 
@@ -283,6 +300,10 @@ class Daemon:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if _holds_checkpoint(path, c.path.name):
+                # Killed after appending but before saving the state: already written.
+                log.info("hard examples of %s already in %s", c.path.name, path)
+                return
             with path.open("a", encoding="utf-8") as fh:
                 fh.write("\n".join(lines) + "\n")
         except OSError as exc:

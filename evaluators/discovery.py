@@ -90,7 +90,10 @@ class Scanner:
             if not match or not child.is_dir():
                 continue
             step = int(match.group(1))
-            sig = signature(child)
+            try:
+                sig = signature(child)
+            except OSError:  # rotated away or replaced mid-walk: the next scan sees it
+                continue
             last_write = max((mtime / 1e9 for _n, _s, mtime in sig), default=0.0)
             if _state_written(child):
                 complete = True

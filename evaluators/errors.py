@@ -17,6 +17,7 @@ REASONS = (
     "data",
     "out_of_memory",
     "backend",
+    "state_write",  # the evaluation succeeded or failed, but its record could not be saved
 )
 
 

@@ -100,9 +100,28 @@ def from_json(data: Any, where: Path) -> State:
         raise StateError(f"{where}: malformed evaluator state ({exc})") from exc
 
 
+def remove_stale_temporaries(state_dir: Path) -> int:
+    """Delete `.state-*.tmp` files a killed writer left behind; how many were removed.
+
+    Why: a SIGKILL (or power loss) between mkstemp and rename leaves a temporary file that
+    nothing else would ever delete; on a small state volume these would fill the disk.
+    Called at load time, when no save of this process can be in flight.
+    """
+    removed = 0
+    for tmp in Path(state_dir).glob(".state-*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    if removed:
+        log.warning("removed %d unfinished state file(s) left in %s", removed, state_dir)
+    return removed
+
+
 def load(state_dir: Path) -> State:
     """The saved state, or an empty one when there is none yet."""
     path = Path(state_dir) / FILE_NAME
+    if path.parent.is_dir():
+        remove_stale_temporaries(path.parent)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -34,6 +34,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric
 
+from exporters.labels import bounded_label_value
+
 log = logging.getLogger("tunewatch.training")
 
 # The states of `tunewatch_training_state`; `stale` and `unknown` only come from the sidecar
@@ -90,8 +92,11 @@ class TrainingMetrics:
         regime: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.run = (os.environ.get("TUNEWATCH_RUN") or "default") if run is None else run
-        self.info = {"model": model_name, "dataset": dataset, "regime": regime}
+        self.run = bounded_label_value(
+            (os.environ.get("TUNEWATCH_RUN") or "default") if run is None else run)
+        self.info = {"model": bounded_label_value(model_name),
+                     "dataset": bounded_label_value(dataset),
+                     "regime": bounded_label_value(regime)}
         self.clock = clock
         self._lock = threading.Lock()
         self._gauges: dict[str, float] = {}
@@ -124,9 +129,9 @@ class TrainingMetrics:
         with self._lock:
             for key, value in info.items():
                 if key == "run":
-                    self.run = str(value)
+                    self.run = bounded_label_value(value)
                 elif key in self.info:
-                    self.info[key] = str(value)
+                    self.info[key] = bounded_label_value(value)
                 else:
                     raise ValueError(f"unknown run_info field {key!r}")
 

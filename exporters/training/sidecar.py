@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from exporters.labels import bounded_label_value
 from exporters.server import (
     ServerOptions,
     ServerStartError,
@@ -156,7 +157,7 @@ class StatusFileCollector:
             if key in numbers:
                 self._numbers[key] = numbers[key]
         if "current_file" in texts:
-            self._current_file = texts["current_file"]
+            self._current_file = bounded_label_value(texts["current_file"])
         if state is not None:
             self._file_state = state
         elif self._file_state == "unknown":
