@@ -5,7 +5,7 @@ sample on every scrape (about 30 us per sample line here), so 1k series cost 20 
 the scrape latency budget (p99 under 10 ms, bench/bench_exporter.py). Our label names are
 fixed in code, so only label values need escaping, and only when they contain a backslash,
 a quote or a newline. The output is the text format client_python writes (HELP, TYPE,
-samples; values formatted by its own function; counters named `..._total`; info and
+samples; counters named `..._total`; info and
 stateset as gauges; `_created` samples as their own gauge family), label order aside;
 tests compare the two parsed, and promtool checks it.
 OpenMetrics requests still go through client_python's encoder.
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
 
 TYPES = {"counter": "counter", "gauge": "gauge", "summary": "summary",
          "histogram": "histogram", "gaugehistogram": "histogram", "info": "gauge",
@@ -33,12 +32,33 @@ def _escape_value(text: str) -> str:
     return text
 
 
-def _line(name: str, labels: dict[str, str], value: float, timestamp: float | None) -> str:
+INF = float("inf")
+
+
+def _number(value: float) -> str:
+    """Shortest round-trip repr; Prometheus parses it as Go's strconv does (client_python's
+    Go-style exponent formatting costs several times more and parses to the same float)."""
+    if value != value:
+        return "NaN"
+    if value == INF:
+        return "+Inf"
+    if value == -INF:
+        return "-Inf"
+    return repr(float(value))
+
+
+def _line(name: str, labels: dict[str, str], value: float, timestamp: float | None,
+          rendered: dict[int, str]) -> str:
     if labels:
-        body = ",".join(f'{k}="{_escape_value(v)}"' for k, v in labels.items())
-        text = f"{name}{{{body}}} {floatToGoString(value)}"
+        # A collector may share one label dict between many samples (a GPU's): render it
+        # once per scrape. The dicts live as long as the families, so ids are unique here.
+        body = rendered.get(id(labels))
+        if body is None:
+            body = ",".join(f'{k}="{_escape_value(v)}"' for k, v in labels.items())
+            rendered[id(labels)] = body
+        text = f"{name}{{{body}}} {_number(value)}"
     else:
-        text = f"{name} {floatToGoString(value)}"
+        text = f"{name} {_number(value)}"
     if timestamp is not None:
         text += f" {int(float(timestamp) * 1000)}"
     return text
@@ -47,22 +67,35 @@ def _line(name: str, labels: dict[str, str], value: float, timestamp: float | No
 def render_families(families: Iterable[Metric]) -> bytes:
     """The text exposition of the families, as client_python would write it."""
     out: list[str] = []
+    append = out.append
+    rendered: dict[int, str] = {}
+    families = list(families)  # keep every label dict alive while ids are cached
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")
         if family.type == "info":
             name = family.name + "_info"
-        created = [s for s in family.samples if s.name.endswith("_created")]
-        out.append(f"# HELP {name} {_escape_help(family.documentation)}")
-        out.append(f"# TYPE {name} {TYPES.get(family.type, 'untyped')}")
+        append(f"# HELP {name} {_escape_help(family.documentation)}")
+        append(f"# TYPE {name} {TYPES.get(family.type, 'untyped')}")
+        created = []
         for s in family.samples:
-            if not s.name.endswith("_created"):
-                out.append(_line(s.name, s.labels, s.value, s.timestamp))
+            if s.name.endswith("_created"):
+                created.append(s)
+            elif s.timestamp is None and s.labels and type(s.value) is float and \
+                    s.value - s.value == 0.0:
+                # The common case, inlined: labels, a finite float, no timestamp.
+                body = rendered.get(id(s.labels))
+                if body is None:
+                    body = ",".join(f'{k}="{_escape_value(v)}"' for k, v in s.labels.items())
+                    rendered[id(s.labels)] = body
+                append(f"{s.name}{{{body}}} {s.value!r}")
+            else:
+                append(_line(s.name, s.labels, s.value, s.timestamp, rendered))
         if created:
             cname = family.name + "_created"
-            out.append(f"# HELP {cname} {_escape_help(family.documentation)}")
-            out.append(f"# TYPE {cname} gauge")
-            out.extend(_line(s.name, s.labels, s.value, s.timestamp) for s in created)
-    out.append("")
+            append(f"# HELP {cname} {_escape_help(family.documentation)}")
+            append(f"# TYPE {cname} gauge")
+            out.extend(_line(s.name, s.labels, s.value, s.timestamp, rendered) for s in created)
+    append("")
     return "\n".join(out).encode("utf-8")
 
 

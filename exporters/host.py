@@ -27,6 +27,7 @@ from exporters.server import (
     ServerOptions,
     ServerStartError,
     add_web_arguments,
+    freeze_startup_objects,
     start_server,
     wait_for_stop_signal,
 )
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         collector_set.close()
         raise UsageError(str(exc)) from exc
     log.info("collectors enabled: %s", ", ".join(names) or "(none)")
+    freeze_startup_objects()
     try:
         wait_for_stop_signal()
     finally:

@@ -274,3 +274,33 @@ def test_bad_web_config_names_the_file_and_key(tmp_path: Path, text: str, messag
 def test_missing_web_config_file(tmp_path: Path):
     with pytest.raises(WebConfigError, match="cannot read web config"):
         load_web_config(tmp_path / "absent.yml")
+
+
+def test_concurrent_scrapes_share_one_exposition():
+    """Scrapes arriving while an exposition is produced get its bytes; the next one after
+    it finished gets a fresh one."""
+    from exporters.server import Flights
+
+    flights = Flights()
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def produce() -> bytes:
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return f"body {len(calls)}".encode()
+
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(flights.run("k", produce)))
+               for _ in range(5)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(1.0)  # let the followers join the flight in progress
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert results == [b"body 1"] * 5 and len(calls) == 1
+    assert flights.run("k", produce) == b"body 2"  # a later scrape: a new collection

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from exporters.collectors.nvml_reader import (
     GpuReader,
@@ -140,6 +141,14 @@ def _ids(gpu: GpuReading) -> list[str]:
     return [str(gpu.index), gpu.uuid]
 
 
+def _append(family: Metric, labels: dict[str, str], value: float) -> None:
+    """add_metric without its per-sample dict(zip(...)): one label dict per GPU is shared by
+    all of that GPU's samples (nothing mutates it), and the encoder renders it once. At 1k
+    series this halves the collector's cost per scrape (bench/bench_exporter.py)."""
+    name = family.name + "_total" if family.type == "counter" else family.name
+    family.samples.append(Sample(name, labels, value))
+
+
 def _nonempty(families: Iterable[Metric]) -> list[Metric]:
     """Unsupported fields are omitted: a family without samples is not published at all."""
     return [f for f in families if f.samples]
@@ -148,12 +157,13 @@ def _nonempty(families: Iterable[Metric]) -> list[Metric]:
 def scalar_families(gpus: list[GpuReading]) -> list[Metric]:
     """One family per supported scalar field; None (unsupported) adds no sample."""
     out: list[Metric] = []
+    labels = [dict(zip(GPU_LABELS, _ids(gpu), strict=True)) for gpu in gpus]
     for spec in SCALARS:
         family = (_counter if spec.counter else _gauge)(spec.name, spec.doc)
-        for gpu in gpus:
+        for gpu, ids in zip(gpus, labels, strict=True):
             value = getattr(gpu, spec.attr)
             if value is not None:
-                family.add_metric(_ids(gpu), float(value))
+                _append(family, ids, float(value))
         out.append(family)
     return _nonempty(out)
 
@@ -167,10 +177,11 @@ def throttle_families(gpus: list[GpuReading]) -> list[Metric]:
                        "Time clocks were held below target, by NVML violation policy.",
                        (*GPU_LABELS, "reason"))
     for gpu in gpus:
+        base = dict(zip(GPU_LABELS, _ids(gpu), strict=True))
         for reason, on in sorted((gpu.throttle_reasons or {}).items()):
-            active.add_metric([*_ids(gpu), reason], 1.0 if on else 0.0)
+            _append(active, {**base, "reason": reason}, 1.0 if on else 0.0)
         for reason, value in sorted((gpu.throttled_seconds or {}).items()):
-            seconds.add_metric([*_ids(gpu), reason], value)
+            _append(seconds, {**base, "reason": reason}, float(value))
     return _nonempty([active, seconds])
 
 

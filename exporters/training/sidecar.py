@@ -39,6 +39,7 @@ from exporters.server import (
     ServerOptions,
     ServerStartError,
     add_web_arguments,
+    freeze_startup_objects,
     start_server,
     wait_for_stop_signal,
 )
@@ -312,6 +313,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(str(exc)) from exc
     log.info("reading %s (stale after %.0f s); %d queue dir(s)", collector.path, stale,
              len(queue_dirs))
+    freeze_startup_objects()
     try:
         wait_for_stop_signal()
     finally:
