@@ -88,7 +88,25 @@ install_project() {
     echo "$want" >"$stamp"
 }
 
+# Optional, for `make test` only (TUNEWATCH_BOOTSTRAP_OPTIONAL=1): VictoriaMetrics, which the
+# remote_write test uses; where it cannot be installed, that test skips and says so.
+install_optional_packages() {
+    [ "${TUNEWATCH_BOOTSTRAP_OPTIONAL:-0}" = 1 ] || return 0
+    command -v victoria-metrics >/dev/null && return 0
+    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null || return 0
+    if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        victoria-metrics >/dev/null 2>&1 \
+        || { env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 \
+             && env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                    --no-install-recommends victoria-metrics >/dev/null 2>&1; }; then
+        say "installed the optional Debian package victoria-metrics (remote_write test)"
+    else
+        say "optional victoria-metrics not installable here; its test will be skipped"
+    fi
+}
+
 install_debian_packages
+install_optional_packages
 make_venv
 install_torch
 install_project
