@@ -163,3 +163,25 @@ def test_status_file_texts_reach_labels_bounded(tmp_path: Path) -> None:
     assert values and max(len(v) for v in values) <= MAX_LENGTH + 20  # escapes add a few
     assert "\nfake_metric" not in text
     assert promtool_check_metrics(text) == ""
+
+
+def test_values_reaching_sql_are_bound_parameters(tmp_path):
+    """Hostile text in every field a user or a data file controls is stored and matched as
+    data: the table survives and the filter finds exactly that row (SQLite; the PostgreSQL
+    path runs the same statements, tests/test_predictions_store.py)."""
+    from predictions_support import row
+
+    from evaluators.predictions.store import Filters, open_store
+
+    hostile = "x'); DROP TABLE predictions; --"
+    store = open_store("", state_dir=tmp_path)
+    try:
+        store.ensure_schema()
+        store.write([row(run=hostile, dataset=hostile, prompt=hostile, answer=hostile,
+                         example_id=hostile, example_key="evil"),
+                     row(run="r1", example_key="k1")])
+        found = store.query(Filters(run=hostile, dataset=hostile, example_id=hostile))
+        assert [r["prompt"] for r in found] == [hostile]
+        assert store.count(Filters()) == 2  # the table is still there, with both rows
+    finally:
+        store.close()
