@@ -39,10 +39,9 @@ from evaluators.evaluate import EvalResult, evaluate_checkpoint
 from evaluators.predictions.recorder import Recorder
 from evaluators.state import State, StateError, load, save
 from exporters.server import (
-    ServerOptions,
     ServerStartError,
     add_web_arguments,
-    start_server,
+    start_for_section,
     wait_for_stop_signal,
 )
 from tunewatch.cli import UsageError
@@ -455,11 +454,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     daemon.checkpoints)
     registry = CollectorRegistry()
     registry.register(daemon)  # type: ignore[arg-type]
-    options = ServerOptions(title="tunewatch evaluator",
-                            max_concurrent_scrapes=ev.max_concurrent_scrapes,
-                            scrape_wait_seconds=ev.scrape_wait_seconds)
     try:
-        server = start_server(registry, ev.listen_address, ev.web_config_file, options)
+        server = start_for_section(registry, ev, "tunewatch evaluator")
     except ServerStartError as exc:
         log.error("%s", exc)
         return 1

@@ -24,11 +24,10 @@ from prometheus_client.metrics_core import Metric
 from exporters.collectors import COLLECTORS
 from exporters.framework import Collector, CollectorSet
 from exporters.server import (
-    ServerOptions,
     ServerStartError,
     add_web_arguments,
     freeze_startup_objects,
-    start_server,
+    start_for_section,
     wait_for_stop_signal,
 )
 from tunewatch import __version__
@@ -101,12 +100,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     ex = cfg.exporter
     names = enabled_collectors(ex, args)
     registry, collector_set = build_registry(build_collectors(ex, names), ex)
-    options = ServerOptions(title="tunewatch host exporter",
-                            max_concurrent_scrapes=ex.max_concurrent_scrapes,
-                            scrape_wait_seconds=ex.scrape_wait_seconds)
     try:
-        server = start_server(registry, args.listen_address or ex.listen_address,
-                              args.web_config_file or ex.web_config_file, options)
+        server = start_for_section(registry, ex, "tunewatch host exporter",
+                                   args.listen_address, args.web_config_file)
     except ServerStartError as exc:
         collector_set.close()
         raise UsageError(str(exc)) from exc

@@ -359,6 +359,18 @@ def start_server(registry: CollectorRegistry, listen_address: str, web_config_fi
     return server
 
 
+def start_for_section(registry: CollectorRegistry, section: Any, title: str,
+                      listen_address: str | None = None,
+                      web_config_file: str | None = None) -> MetricsServer:
+    """Serve `registry` with a config section's server settings (exporter, training,
+    evaluator: listen_address, web_config_file, max_concurrent_scrapes,
+    scrape_wait_seconds); the command-line flags, when given, win."""
+    options = ServerOptions(title=title, max_concurrent_scrapes=section.max_concurrent_scrapes,
+                            scrape_wait_seconds=section.scrape_wait_seconds)
+    return start_server(registry, listen_address or section.listen_address,
+                        web_config_file or section.web_config_file, options)
+
+
 def freeze_startup_objects() -> None:
     """Move everything allocated at start (modules, config, collectors) out of the garbage
     collector's sight. Why: a full collection otherwise walks all of it in the middle of

@@ -36,11 +36,10 @@ from prometheus_client.metrics_core import Metric
 
 from exporters.labels import bounded_label_value
 from exporters.server import (
-    ServerOptions,
     ServerStartError,
     add_web_arguments,
     freeze_startup_objects,
-    start_server,
+    start_for_section,
     wait_for_stop_signal,
 )
 from exporters.training.metrics import TrainingMetrics
@@ -303,12 +302,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     )
     registry = CollectorRegistry()
     registry.register(collector)
-    options = ServerOptions(title="tunewatch training sidecar",
-                            max_concurrent_scrapes=tc.max_concurrent_scrapes,
-                            scrape_wait_seconds=tc.scrape_wait_seconds)
     try:
-        server = start_server(registry, args.listen_address or tc.listen_address,
-                              args.web_config_file or tc.web_config_file, options)
+        server = start_for_section(registry, tc, "tunewatch training sidecar",
+                                   args.listen_address, args.web_config_file)
     except ServerStartError as exc:
         raise UsageError(str(exc)) from exc
     log.info("reading %s (stale after %.0f s); %d queue dir(s)", collector.path, stale,
