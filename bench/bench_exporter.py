@@ -59,18 +59,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_exporter(readings: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings),
-           "TUNEWATCH_LOG_LEVEL": "error"}
-    log_file = (workdir / "exporter.log").open("wb")
+def start_tunewatch(args: list[str], port: int, workdir: Path, env: dict[str, str],
+                    timeout: float = 120.0) -> subprocess.Popen[bytes]:
+    """`tunewatch ARGS` on 127.0.0.1:PORT, its output in workdir/<command>.log; returns once
+    /-/healthy answers (the benchmarks share this start-up)."""
+    log_path = workdir / f"{args[0]}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunewatch", "exporter", "--no-collector.files",
-         "--web.listen-address", f"127.0.0.1:{port}"],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)
-    deadline = time.monotonic() + 60
+        [sys.executable, "-m", "tunewatch", *args, "--web.listen-address", f"127.0.0.1:{port}"],
+        env={**os.environ, "TUNEWATCH_LOG_LEVEL": "warning", **env}, cwd=workdir,
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"exporter exited: {(workdir / 'exporter.log').read_text()}")
+            raise SystemExit(f"{args[0]} exited:\n{log_path.read_text()}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/-/healthy")
@@ -78,7 +79,13 @@ def start_exporter(readings: Path, port: int, workdir: Path) -> subprocess.Popen
                 return proc
         except OSError:
             time.sleep(0.1)
-    raise SystemExit("exporter did not start within 60 s")
+    proc.kill()
+    raise SystemExit(f"{args[0]} did not answer within {timeout:g} s:\n{log_path.read_text()}")
+
+
+def start_exporter(readings: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    return start_tunewatch(["exporter", "--no-collector.files"], port, workdir,
+                           {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings)})
 
 
 def scrape_series(conn: http.client.HTTPConnection) -> tuple[float, int]:

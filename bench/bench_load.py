@@ -20,7 +20,6 @@ import argparse
 import http.client
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from bench_exporter import free_port, replicate_readings  # noqa: E402
+from bench_exporter import free_port, replicate_readings, start_tunewatch  # noqa: E402
 
 log = logging.getLogger("bench_load")
 
@@ -69,24 +68,8 @@ class Tally:
 
 def start(name: str, args: list[str], workdir: Path, env: dict[str, str]) -> Server:
     port = free_port()
-    log_path = workdir / f"{name}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunewatch", *args, "--web.listen-address", f"127.0.0.1:{port}"],
-        env={**os.environ, "TUNEWATCH_LOG_LEVEL": "warning", **env}, cwd=workdir,
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited:\n{log_path.read_text()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/-/healthy")
-            if conn.getresponse().status == 200:
-                return Server(name, port, proc, log_path)
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{name} did not answer within 120 s:\n{log_path.read_text()}")
+    proc = start_tunewatch(args, port, workdir, env)
+    return Server(name, port, proc, workdir / f"{args[0]}.log")
 
 
 def scraper(port: int, stop_at: float, tally: Tally) -> None:

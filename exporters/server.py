@@ -176,6 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
     server_version = f"tunewatch/{__version__}"
+    # Headers and body go out in two writes; with Nagle's algorithm on, a small body then
+    # waits for the client's delayed ACK (40 ms on Linux) on every keep-alive scrape.
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         self.timeout = self.server.owner.options.request_timeout_seconds
