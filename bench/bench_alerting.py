@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,24 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from services import Alertmanager, Prometheus, Tunewatch, free_port, http_get, wait_for  # noqa: E402
+from services import AlertPipeline, wait_for  # noqa: E402
 
-from tunewatch.config import load_config  # noqa: E402
-from tunewatch.stack import render_alertmanager_config  # noqa: E402
 from tunewatch.tinymodel import build_tiny_run, degrade_checkpoint  # noqa: E402
 
 log = logging.getLogger("bench_alerting")
-
-
-def first_regression(path: Path) -> bool:
-    if not path.exists():
-        return False
-    for line in path.read_text().splitlines():
-        note = json.loads(line)
-        if any(a["labels"].get("alertname") == "EvalRegression" and a["status"] == "firing"
-               for a in note["alerts"]):
-            return True
-    return False
 
 
 def measure(work: Path, timeout: float) -> dict[str, Any]:
@@ -54,46 +40,22 @@ def measure(work: Path, timeout: float) -> dict[str, Any]:
     ckpts.mkdir()
     for src in run.checkpoints:
         shutil.copytree(src, ckpts / src.name)
-    webhook_port = free_port()
-    cfg = load_config(None, environ={"TUNEWATCH_STACK__WEBHOOK_PORT": str(webhook_port)})
-    am_text = render_alertmanager_config(REPO / "alertmanager" / "alertmanager.yml", cfg)
-    log_file = work / "alerts.jsonl"
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "tunewatch", "alert-log", "--web.listen-address",
-         f"127.0.0.1:{webhook_port}", "--file", str(log_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for d in ("am", "prom"):
-        (work / d).mkdir()
-    am = Alertmanager(work / "am", am_text)
-    prom = Prometheus(work / "prom")
-    daemon = Tunewatch("evaluator", work)
+    pipe = AlertPipeline(work, REPO)  # the repository's group_wait (30 s)
+    step = 'tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}'
     try:
-        wait_for(lambda: http_get(f"http://127.0.0.1:{webhook_port}/")[0] == 200, 30, "webhook")
-        am.start()
-        prom.alertmanager_urls = [f"127.0.0.1:{am.port}"]
-        prom.rule_files = [str(REPO / "prometheus" / "rules" / "eval.alerts.yml")]
-        prom.start()
-        daemon.start(["evaluate", "--checkpoints", str(ckpts), "--data", str(run.data_dir),
-                      "--state-dir", str(work / "state")])
-        prom.add_target("tunewatch-evaluator", daemon.address, {"host": "bench", "role": "eval"})
-        prom.wait_value('tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}',
-                        lambda v: v == 300, timeout=120)
+        prom = pipe.start(ckpts, run.data_dir, run="bench", host="bench").prom
+        prom.wait_value(step, lambda v: v == 300, timeout=120)
         written = time.monotonic()
         degrade_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301", 1.0, 0)
-        prom.wait_value('tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}',
-                        lambda v: v == 301, timeout=120)
+        prom.wait_value(step, lambda v: v == 301, timeout=120)
         evaluated = time.monotonic() - written
         prom.wait_value('count(ALERTS{alertname="EvalRegression",alertstate="firing"})',
                         lambda v: v >= 1, timeout=timeout)
         firing = time.monotonic() - written
-        wait_for(lambda: first_regression(log_file), timeout, "the notification")
+        wait_for(lambda: pipe.firing("EvalRegression"), timeout, "the notification")
         received = time.monotonic() - written
     finally:
-        daemon.stop()
-        prom.stop()
-        am.stop()
-        receiver.terminate()
-        receiver.wait(10)
+        pipe.stop()
     return {"evaluated_seconds": round(evaluated, 1), "firing_seconds": round(firing, 1),
             "notification_seconds": round(received, 1)}
 

@@ -464,3 +464,72 @@ def promtool_check_metrics(text: str) -> str:
                           capture_output=True, timeout=60)
     out = (proc.stdout + proc.stderr).decode()
     return out if proc.returncode or out.strip() else ""
+
+
+# --------------------------------------------------------------------------- alerting
+
+
+class AlertPipeline:
+    """Evaluator -> Prometheus (the repository's eval alert rules) -> Alertmanager (the
+    repository's routing) -> `tunewatch alert-log`, all real, on free ports under workdir.
+
+    Shared by the end-to-end alert test and bench/bench_alerting.py. `group_wait` overrides
+    Alertmanager's (None keeps the repository's 30 s).
+    """
+
+    def __init__(self, workdir: Path, repo: Path, group_wait: str | None = None) -> None:
+        from tunewatch.config import load_config
+        from tunewatch.stack import render_alertmanager_config
+
+        self.workdir = workdir
+        self.repo = repo
+        self.webhook_port = free_port()
+        cfg = load_config(None, environ={"TUNEWATCH_STACK__WEBHOOK_PORT": str(self.webhook_port)})
+        am_text = render_alertmanager_config(repo / "alertmanager" / "alertmanager.yml", cfg)
+        if group_wait is not None:
+            am_text = am_text.replace("group_wait: 30s", f"group_wait: {group_wait}")
+        self.log_file = workdir / "alerts.jsonl"
+        for sub in ("am", "prom"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.am = Alertmanager(workdir / "am", am_text)
+        self.prom = Prometheus(workdir / "prom")
+        self.evaluator = Tunewatch("evaluator", workdir)
+        self.receiver: subprocess.Popen[bytes] | None = None
+
+    def start(self, checkpoints: Path, data: Path, run: str, host: str) -> AlertPipeline:
+        self.receiver = subprocess.Popen(
+            [sys.executable, "-m", "tunewatch", "alert-log", "--web.listen-address",
+             f"{LOCALHOST}:{self.webhook_port}", "--file", str(self.log_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _http_ok(f"http://{LOCALHOST}:{self.webhook_port}/"), 30, "alert-log")
+        self.am.start()
+        self.prom.alertmanager_urls = [f"{LOCALHOST}:{self.am.port}"]
+        self.prom.rule_files = [str(self.repo / "prometheus" / "rules" / "eval.alerts.yml")]
+        self.prom.start()
+        self.evaluator.start(["evaluate", "--checkpoints", str(checkpoints), "--data",
+                              str(data), "--state-dir", str(self.workdir / "state")],
+                             env={"TUNEWATCH_RUN": run})
+        self.prom.add_target("tunewatch-evaluator", self.evaluator.address,
+                             {"host": host, "role": "eval"})
+        self.prom.wait_up("tunewatch-evaluator")
+        return self
+
+    def notifications(self) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines()
+                if line.strip()]
+
+    def firing(self, alertname: str) -> list[dict[str, Any]]:
+        """Firing alerts of that name, as the webhook received them."""
+        return [a for n in self.notifications() if n["status"] == "firing"
+                for a in n["alerts"]
+                if a["labels"]["alertname"] == alertname and a["status"] == "firing"]
+
+    def stop(self) -> None:
+        self.evaluator.stop()
+        self.prom.stop()
+        self.am.stop()
+        if self.receiver is not None:
+            self.receiver.terminate()
+            self.receiver.wait(timeout=10)
