@@ -241,22 +241,20 @@ class TrainingMetrics:
                                                self._checkpoint_ts)
             info = dict(self.info)
         labels = ["run"]
+
+        def one(kind: type[Metric], name: str, text: str, value: float | None) -> Metric:
+            """A family of this run's single series; no sample when never measured."""
+            family = kind(name, text, labels=labels)  # type: ignore[call-arg]
+            if value is not None:
+                family.add_metric([run], value)  # type: ignore[attr-defined]
+            return family
+
         for key, (name, text) in GAUGES.items():
-            family = GaugeMetricFamily(name, text, labels=labels)
-            if key in gauges:
-                family.add_metric([run], gauges[key])
-            yield family
-        family = CounterMetricFamily(
-            "tunewatch_training_tokens", "Input tokens seen so far (absent when the trainer "
-            "does not count them).", labels=labels)
-        if tokens is not None:
-            family.add_metric([run], tokens)
-        yield family
-        family = CounterMetricFamily("tunewatch_training_samples",
-                                     "Training samples seen so far.", labels=labels)
-        if samples is not None:
-            family.add_metric([run], samples)
-        yield family
+            yield one(GaugeMetricFamily, name, text, gauges.get(key))
+        yield one(CounterMetricFamily, "tunewatch_training_tokens", "Input tokens seen so far "
+                  "(absent when the trainer does not count them).", tokens)
+        yield one(CounterMetricFamily, "tunewatch_training_samples",
+                  "Training samples seen so far.", samples)
         # A state set (OpenMetrics), written as a gauge with a `state` label as DESIGN names
         # it; client_python's StateSetMetricFamily would name the label after the metric.
         states = GaugeMetricFamily("tunewatch_training_state",
@@ -265,21 +263,13 @@ class TrainingMetrics:
         for name in STATES:
             states.add_metric([run, name], 1.0 if name == state else 0.0)
         yield states
-        family = GaugeMetricFamily("tunewatch_training_last_step_timestamp_seconds",
-                                   "Unix time the step last advanced.", labels=labels)
-        if last_step_ts is not None:
-            family.add_metric([run], last_step_ts)
-        yield family
-        family = CounterMetricFamily("tunewatch_training_nonfinite_loss",
-                                     "Logged losses that were NaN or infinite (not published "
-                                     "as the loss).", labels=labels)
-        family.add_metric([run], nonfinite)
-        yield family
-        family = GaugeMetricFamily("tunewatch_training_eval_loss",
-                                   "Loss of the last evaluation during training.", labels=labels)
-        if eval_loss is not None:
-            family.add_metric([run], eval_loss)
-        yield family
+        yield one(GaugeMetricFamily, "tunewatch_training_last_step_timestamp_seconds",
+                  "Unix time the step last advanced.", last_step_ts)
+        yield one(CounterMetricFamily, "tunewatch_training_nonfinite_loss",
+                  "Logged losses that were NaN or infinite (not published as the loss).",
+                  nonfinite)
+        yield one(GaugeMetricFamily, "tunewatch_training_eval_loss",
+                  "Loss of the last evaluation during training.", eval_loss)
         family = GaugeMetricFamily("tunewatch_training_eval_metric",
                                    "Other numeric metrics of the last evaluation during "
                                    "training, by name without the eval_ prefix.",
@@ -287,20 +277,12 @@ class TrainingMetrics:
         for name, value in sorted(evals.items()):
             family.add_metric([run, name], value)
         yield family
-        family = CounterMetricFamily("tunewatch_training_checkpoints_saved",
-                                     "Checkpoints saved by this process.", labels=labels)
-        family.add_metric([run], checkpoints)
-        yield family
-        family = GaugeMetricFamily("tunewatch_training_last_checkpoint_step",
-                                   "Step of the last checkpoint saved.", labels=labels)
-        if ckpt_step is not None:
-            family.add_metric([run], ckpt_step)
-        yield family
-        family = GaugeMetricFamily("tunewatch_training_last_checkpoint_timestamp_seconds",
-                                   "Unix time the last checkpoint was saved.", labels=labels)
-        if ckpt_ts is not None:
-            family.add_metric([run], ckpt_ts)
-        yield family
+        yield one(CounterMetricFamily, "tunewatch_training_checkpoints_saved",
+                  "Checkpoints saved by this process.", checkpoints)
+        yield one(GaugeMetricFamily, "tunewatch_training_last_checkpoint_step",
+                  "Step of the last checkpoint saved.", ckpt_step)
+        yield one(GaugeMetricFamily, "tunewatch_training_last_checkpoint_timestamp_seconds",
+                  "Unix time the last checkpoint was saved.", ckpt_ts)
         run_info = InfoMetricFamily("tunewatch_training_run", "The run: model, data set, "
                                     "regime.", labels=labels)
         run_info.add_metric([run], info)
