@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_exporter import free_port  # noqa: E402
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja")
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _samples(url: str) -> dict[str, float]:
@@ -79,7 +74,7 @@ def write_checkpoint(source: Path, target: Path) -> None:
 def measure(checkpoint: Path, data: Path, rounds: int, work: Path) -> dict[str, object]:
     watched = work / "checkpoints"
     watched.mkdir()
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
     env["TUNEWATCH_EVALUATOR__DEVICE"] = "cpu"
@@ -129,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         checkpoint, data = args.checkpoint, args.data
         if checkpoint is None or data is None:
-            from tunewatch.tinymodel import build_tiny_run
+            from tunewatch.tinymodel import quick_checkpoint
 
-            run = build_tiny_run(work / "tiny", max_steps=50, save_steps=50,
-                                 require_learning=False)
-            checkpoint, data = run.checkpoints[-1], run.data_dir
+            checkpoint, data = quick_checkpoint(work / "tiny")
         figures = measure(checkpoint, data, args.rounds, work)
     if args.json:
         print(json.dumps(figures))

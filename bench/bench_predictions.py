@@ -77,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         checkpoint, data = args.checkpoint, args.data
         if checkpoint is None or data is None:
-            from tunewatch.tinymodel import build_tiny_run
+            from tunewatch.tinymodel import quick_checkpoint
 
-            run = build_tiny_run(work / "tiny", max_steps=50, save_steps=50,
-                                 require_learning=False)
-            checkpoint, data = run.checkpoints[-1], run.data_dir
+            checkpoint, data = quick_checkpoint(work / "tiny")
         figures = measure(checkpoint, data, args.rounds, work)
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")

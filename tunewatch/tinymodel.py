@@ -423,3 +423,10 @@ def degrade_checkpoint(src: Path, dst: Path, noise: float, seed: int) -> Path:
         save_file(tensors, path, metadata={"format": "pt"})
     tmp.rename(dst)
     return dst
+
+
+def quick_checkpoint(workdir: Path, steps: int = 50) -> tuple[Path, Path]:
+    """(checkpoint, suite directory) of a briefly trained tiny model, for benchmarks that
+    time machinery around a checkpoint rather than what it learnt."""
+    run = build_tiny_run(workdir, max_steps=steps, save_steps=steps, require_learning=False)
+    return run.checkpoints[-1], run.data_dir
