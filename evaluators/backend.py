@@ -9,7 +9,8 @@ interface is small and speaks in chat messages and texts, never in tensors:
 - `generate(prompts, max_new_tokens, stops)`: greedy answers, each with its generated tokens,
   their log-probabilities under the model, and whether it was cut off by max_new_tokens;
 - `score(prompts, goldens)`: the teacher-forced negative log-likelihood of each golden
-  answer after its prompt (for cross-entropy).
+  answer after its prompt (for cross-entropy); None where the backend cannot compute it
+  (evaluators/remote: a server that only generates), so that the figure is absent.
 
 A backend raises `BackendOutOfMemoryError` when a batch does not fit, so that the caller can halve
 the batch and retry, and `EvaluationError` for anything that ends the evaluation.
@@ -41,20 +42,25 @@ class Generation:
     text: the decoded answer without the end-of-sequence token; when a stop string ended it,
     the text ends right after that stop string (which is kept). tokens / logprobs: the
     generated tokens up to that point (each token's text, and its log-probability in nats
-    under the model's unprocessed distribution). truncated: max_new_tokens ran out first.
+    under the model's unprocessed distribution; None when the backend has none, which leaves
+    confidence and calibration absent). truncated: max_new_tokens ran out first.
     """
 
     text: str
     tokens: list[str]
-    logprobs: list[float]
+    logprobs: list[float] | None
     truncated: bool
 
 
 @dataclass(frozen=True)
 class GoldenScore:
-    """Teacher-forced likelihood of a golden answer: summed NLL (nats) over its tokens."""
+    """Teacher-forced likelihood of a golden answer: summed NLL (nats) over its tokens.
 
-    nll: float
+    nll is None when the backend cannot teacher-force (an inference server that only
+    generates): cross-entropy is then absent, never estimated.
+    """
+
+    nll: float | None
     tokens: int
 
 
@@ -116,43 +122,35 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def stop_cut(text: str, stops: Sequence[str]) -> int | None:
+    """Where the answer ends: just after the earliest stop string in it, None without one."""
+    ends = [text.find(s) + len(s) for s in stops if s and s in text]
+    return min(ends) if ends else None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-class LocalBackend:
-    """A transformers model and tokenizer loaded in this process."""
+class PromptRenderer:
+    """The checkpoint's tokenizer: prompts rendered and counted as the model sees them.
 
-    def __init__(self, model: Any, tokenizer: Any, device: str, plain_prompts: bool) -> None:
-        self.model = model
+    Shared by the local backend and the remote one (evaluators/remote), which sends the
+    rendered text to an inference server but still counts tokens here.
+    """
+
+    def __init__(self, tokenizer: Any, plain_prompts: bool) -> None:
         self.tokenizer = tokenizer
-        self.device = device
         self.plain_prompts = plain_prompts
-        self.eos_ids = self._eos_ids()
-        self.pad_id = self._pad_id()
-        self.description = f"transformers on {device} ({str(model.dtype).replace('torch.', '')})"
         self._encoded: dict[tuple[Message, ...], list[int]] = {}
 
-    # ------------------------------------------------------------------ loading
-
     @classmethod
-    def load(
-        cls,
-        path: Path | str,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        no_chat_template: str = "error",
-    ) -> tuple[LocalBackend, CheckpointInfo]:
-        """Check the checkpoint, then load tokenizer and model once; one-line errors only."""
-        info = inspect_checkpoint(path)
+    def for_checkpoint(cls, path: Path, no_chat_template: str) -> PromptRenderer:
+        """The tokenizer of the checkpoint at `path`, checked for a chat template."""
         _quiet_transformers()
-        resolved = resolve_device(device)
-        tokenizer = cls._load_tokenizer(info.path)
-        plain = cls._check_chat_template(tokenizer, info.path, no_chat_template)
-        model = cls._load_model(info.path, resolved, resolve_dtype(dtype, resolved))
-        return cls(model, tokenizer, resolved, plain), info
+        tokenizer = cls._load_tokenizer(path)
+        return cls(tokenizer, cls._check_chat_template(tokenizer, path, no_chat_template))
 
     @staticmethod
     def _load_tokenizer(path: Path) -> Any:
@@ -180,6 +178,67 @@ class LocalBackend:
             f"the tokenizer of {path} has no chat template"
             " (set evaluator.no_chat_template: plain for the documented fallback)",
         )
+
+    def render(self, prompt: Sequence[Message]) -> str:
+        """The prompt text: chat template with the generation prompt, or the plain fallback."""
+        if self.plain_prompts:
+            return "".join(m.content + "\n" for m in prompt)
+        messages = [{"role": m.role, "content": m.content} for m in prompt]
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def encode_prompt(self, prompt: Sequence[Message]) -> list[int]:
+        """Token ids of the rendered prompt (cached: sorting and generation both need them).
+
+        Templated text already holds its special tokens; the plain fallback gets the
+        tokenizer's own (a BOS where the model has one).
+        """
+        key = tuple(prompt)
+        if key not in self._encoded:
+            text = self.render(prompt)
+            ids = self.tokenizer(text, add_special_tokens=self.plain_prompts)["input_ids"]
+            self._encoded[key] = list(ids)
+        return self._encoded[key]
+
+    def prompt_tokens(self, prompt: Sequence[Message]) -> int:
+        return len(self.encode_prompt(prompt))
+
+    def golden_ids(self, golden: str) -> list[int]:
+        """Golden answer tokens, tokenized on their own as training appends them."""
+        return list(self.tokenizer(golden, add_special_tokens=False)["input_ids"])
+
+
+class LocalBackend(PromptRenderer):
+    """A transformers model and tokenizer loaded in this process."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str, plain_prompts: bool) -> None:
+        super().__init__(tokenizer, plain_prompts)
+        self.model = model
+        self.device = device
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self._pad_id()
+        self.description = f"transformers on {device} ({str(model.dtype).replace('torch.', '')})"
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        no_chat_template: str = "error",
+    ) -> tuple[LocalBackend, CheckpointInfo]:
+        """Check the checkpoint, then load tokenizer and model once; one-line errors only."""
+        info = inspect_checkpoint(path)
+        _quiet_transformers()
+        resolved = resolve_device(device)
+        tokenizer = cls._load_tokenizer(info.path)
+        plain = cls._check_chat_template(tokenizer, info.path, no_chat_template)
+        model = cls._load_model(info.path, resolved, resolve_dtype(dtype, resolved))
+        return cls(model, tokenizer, resolved, plain), info
 
     @staticmethod
     def _load_model(path: Path, device: str, dtype: Any) -> Any:
@@ -229,33 +288,6 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id
         return int(pad) if pad is not None else self.eos_ids[0]
 
-    # ------------------------------------------------------------------ prompts
-
-    def render(self, prompt: Sequence[Message]) -> str:
-        """The prompt text: chat template with the generation prompt, or the plain fallback."""
-        if self.plain_prompts:
-            return "".join(m.content + "\n" for m in prompt)
-        messages = [{"role": m.role, "content": m.content} for m in prompt]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
-    def encode_prompt(self, prompt: Sequence[Message]) -> list[int]:
-        """Token ids of the rendered prompt (cached: sorting and generation both need them).
-
-        Templated text already holds its special tokens; the plain fallback gets the
-        tokenizer's own (a BOS where the model has one).
-        """
-        key = tuple(prompt)
-        if key not in self._encoded:
-            text = self.render(prompt)
-            ids = self.tokenizer(text, add_special_tokens=self.plain_prompts)["input_ids"]
-            self._encoded[key] = list(ids)
-        return self._encoded[key]
-
-    def prompt_tokens(self, prompt: Sequence[Message]) -> int:
-        return len(self.encode_prompt(prompt))
-
     def _left_padded(self, rows: Sequence[list[int]]) -> tuple[Any, Any]:
         import torch
 
@@ -274,9 +306,24 @@ class LocalBackend:
         self, prompts: Sequence[Sequence[Message]], max_new_tokens: int, stops: Sequence[str]
     ) -> list[Generation]:
         """Greedy generation of one batch, left-padded, with chosen-token log-probabilities."""
+        return self._generate_ids([self.encode_prompt(p) for p in prompts], max_new_tokens,
+                                  stops)
+
+    def generate_rendered(
+        self, texts: Sequence[str], max_new_tokens: int, stops: Sequence[str]
+    ) -> list[Generation]:
+        """Greedy generation from prompts already rendered with `render` (an inference server's
+        input: the client applied the chat template, so its text holds the special tokens)."""
+        rows = [list(self.tokenizer(t, add_special_tokens=self.plain_prompts)["input_ids"])
+                for t in texts]
+        return self._generate_ids(rows, max_new_tokens, stops)
+
+    def _generate_ids(
+        self, rows: Sequence[list[int]], max_new_tokens: int, stops: Sequence[str]
+    ) -> list[Generation]:
         import torch
 
-        input_ids, mask = self._left_padded([self.encode_prompt(p) for p in prompts])
+        input_ids, mask = self._left_padded(rows)
         try:
             with torch.inference_mode():
                 out = self.model.generate(
@@ -300,8 +347,8 @@ class LocalBackend:
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
-        rows = generated.tolist()
-        return [self._finish_row(row, lps, stops) for row, lps in zip(rows, logprobs, strict=True)]
+        return [self._finish_row(row, lps, stops)
+                for row, lps in zip(generated.tolist(), logprobs, strict=True)]
 
     @staticmethod
     def _chosen_logprobs(logits: Sequence[Any], generated: Any) -> list[list[float]]:
@@ -325,7 +372,7 @@ class LocalBackend:
         end = next((i for i, tok in enumerate(row) if tok in self.eos_ids), None)
         ids = row if end is None else row[:end]
         text = self._decode(ids)
-        cut = self._stop_cut(text, stops)
+        cut = stop_cut(text, stops)
         if cut is not None:
             count = self._tokens_covering(ids, cut)
             ids, text = ids[:count], text[:cut]
@@ -336,11 +383,6 @@ class LocalBackend:
     def _decode(self, ids: Sequence[int]) -> str:
         # Special tokens are kept: `<think>` may be one, and stripping is scoring's decision.
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    @staticmethod
-    def _stop_cut(text: str, stops: Sequence[str]) -> int | None:
-        ends = [text.find(s) + len(s) for s in stops if s and s in text]
-        return min(ends) if ends else None
 
     def _tokens_covering(self, ids: Sequence[int], chars: int) -> int:
         """The fewest leading tokens whose text reaches `chars` characters."""
@@ -358,10 +400,6 @@ class LocalBackend:
             raise BackendOutOfMemoryError(str(exc).splitlines()[0] if str(exc) else "out of memory")
 
     # ------------------------------------------------------------------ teacher forcing
-
-    def golden_ids(self, golden: str) -> list[int]:
-        """Golden answer tokens, tokenized on their own as training appends them."""
-        return list(self.tokenizer(golden, add_special_tokens=False)["input_ids"])
 
     def score(
         self, prompts: Sequence[Sequence[Message]], goldens: Sequence[str]

@@ -37,6 +37,15 @@ from evaluators.discovery import Candidate, Scanner, Watcher
 from evaluators.errors import REASONS, EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_checkpoint
 from evaluators.predictions.recorder import Recorder
+from evaluators.remote.backend import (
+    RemoteEvaluator,
+    add_backend_arguments,
+    model_id_for,
+    with_backend_arguments,
+)
+from evaluators.remote.client import InferenceClient, RemoteStats
+from evaluators.remote.deploy import Deployer
+from evaluators.remote.deploy_cmd import history_path
 from evaluators.state import State, StateError, load, save
 from exporters.server import (
     ServerStartError,
@@ -90,9 +99,13 @@ class Daemon:
         evaluate: Evaluate = evaluate_checkpoint,
         clock: Callable[[], float] = time.time,
         recorder: Recorder | None = None,
+        remote_stats: RemoteStats | None = None,
+        deployer: Deployer | None = None,
     ) -> None:
         self.cfg = cfg
         self.recorder = recorder
+        self.remote_stats = remote_stats
+        self.deployer = deployer
         self.checkpoints = Path(checkpoints)
         self.data = Path(data)
         self.state_dir = Path(state_dir)
@@ -193,12 +206,24 @@ class Daemon:
                                    show_progress=False)
         except EvaluationError as exc:
             self._failed(c, exc.reason, str(exc))
+            self._deploy_best()
             return
         except Exception as exc:  # a bug or an unexpected library error: counted, not fatal
             log.exception("evaluation of %s raised", c.path)
             self._failed(c, "backend", f"{type(exc).__name__}: {exc}")
+            self._deploy_best()
             return
         self._succeeded(c, result, time.perf_counter() - wall, delay)
+        self._deploy_best()
+
+    def _deploy_best(self) -> None:
+        """With remote.deploy_best: the best checkpoint is (again) the served one."""
+        best = self.state.best_step()
+        if self.deployer is None or best is None:
+            return
+        path = Path(self.state.checkpoints[best]["path"])
+        model_id = model_id_for(self.cfg.remote, self.run_name, path, best)
+        self.deployer.deploy_quietly(model_id, path, best)
 
     def _failed(self, c: Candidate, reason: str, message: str) -> None:
         entry = self.state.checkpoints.get(c.step, {})
@@ -248,7 +273,7 @@ class Daemon:
             if publish:
                 self.published = samples
         self._refresh_derived()
-        log.info("%s: exact match %.3f (%d/%d), cross-entropy %.3f, %.1fs", c.path.name,
+        log.info("%s: exact match %.3f (%d/%d), cross-entropy %s, %.1fs", c.path.name,
                  overall.exact_match.value, overall.exact_match.successes, overall.examples,
                  overall.cross_entropy, wall)
         for comp in self.comparisons:
@@ -389,6 +414,9 @@ class Daemon:
             samples["tunewatch_eval_evaluations"] = [({}, float(self.evaluations))]
             samples["tunewatch_eval_backlog_checkpoints"] = [({}, float(self.backlog))]
             samples["tunewatch_eval_run"] = [({"run": self.run_name}, 1.0)]
+            metrics.remote_samples(
+                samples, self.remote_stats.snapshot() if self.remote_stats else None,
+                self.deployer.samples() if self.deployer else None)
             if self.recorder is not None:
                 for key, value in self.recorder.samples().items():
                     metrics._add(samples, metrics.PREDICTION_FAMILIES[key], {}, value)
@@ -422,6 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true",
                         help="evaluate the complete checkpoints there now (one try each), "
                              "then exit: 0 if all succeeded, 1 otherwise")
+    add_backend_arguments(parser)
     add_web_arguments(parser, "evaluator")
 
 
@@ -432,18 +461,33 @@ def _evaluator_config(args: argparse.Namespace, cfg: Config) -> EvaluatorConfig:
     chosen = {"checkpoints": args.checkpoints, "data": args.data, "state_dir": args.state_dir,
               "device": args.device, "batch_size": args.batch_size,
               "listen_address": args.listen_address, "web_config_file": args.web_config_file}
-    return dataclasses.replace(
+    ev = dataclasses.replace(
         cfg.evaluator, **{k: v for k, v in chosen.items() if v is not None})
+    return with_backend_arguments(ev, args)
+
+
+def _remote_parts(
+    ev: EvaluatorConfig, run: str
+) -> tuple[Evaluate, RemoteStats | None, Deployer | None]:
+    """The evaluate function of evaluator.backend, the client's counters, the deployer."""
+    stats = RemoteStats() if ev.backend == "remote" or ev.remote.deploy_best else None
+    evaluate: Evaluate = (RemoteEvaluator(ev, run, stats) if ev.backend == "remote"
+                          else evaluate_checkpoint)
+    deployer = (Deployer(InferenceClient(ev.remote, stats), history_path(ev))
+                if ev.remote.deploy_best else None)
+    return evaluate, stats, deployer
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     ev = _evaluator_config(args, cfg)
+    evaluate, stats, deployer = _remote_parts(ev, cfg.run)
     recorder = (Recorder.from_config(cfg.predictions, state_dir=ev.state_dir, run=cfg.run)
                 if cfg.predictions.enabled else None)
     try:
         daemon = Daemon(ev, checkpoints=Path(ev.checkpoints), data=Path(ev.data),
                         state_dir=Path(ev.state_dir), run_name=cfg.run, limit=args.limit,
-                        once=args.once, recorder=recorder)
+                        once=args.once, recorder=recorder, evaluate=evaluate,
+                        remote_stats=stats, deployer=deployer)
     except StateError as exc:
         log.error("%s (move it away to start afresh)", exc)
         if recorder is not None:

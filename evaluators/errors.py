@@ -18,6 +18,11 @@ REASONS = (
     "out_of_memory",
     "backend",
     "state_write",  # the evaluation succeeded or failed, but its record could not be saved
+    # The inference server (backend: remote, evaluators/remote):
+    "remote_unavailable",  # refused connections, 5xx or an unhealthy /health after retries
+    "remote_timeout",  # a generation job not done within remote.job_timeout_seconds
+    "remote_job",  # a job that failed on the server, or an answer not in the API's shape
+    "wrong_model",  # the served model is not the checkpoint being evaluated
 )
 
 

@@ -16,6 +16,11 @@ import sys
 
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import evaluate_checkpoint
+from evaluators.remote.backend import (
+    RemoteEvaluator,
+    add_backend_arguments,
+    with_backend_arguments,
+)
 from evaluators.report import to_json, to_text
 from tunewatch.cli import UsageError
 from tunewatch.config import Config
@@ -36,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override evaluator.max_new_tokens")
     parser.add_argument("--device", default=None,
                         help="override evaluator.device (auto, cpu, cuda, cuda:N)")
+    add_backend_arguments(parser)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -50,9 +56,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    evaluator = dataclasses.replace(cfg.evaluator, **_overrides(args))
+    evaluator = with_backend_arguments(
+        dataclasses.replace(cfg.evaluator, **_overrides(args)), args)
     try:
-        result = evaluate_checkpoint(args.checkpoint, evaluator, limit=args.limit)
+        evaluate = (RemoteEvaluator(evaluator, cfg.run) if evaluator.backend == "remote"
+                    else evaluate_checkpoint)
+        result = evaluate(args.checkpoint, evaluator, limit=args.limit)
     except EvaluationError as exc:
         log.error("cannot evaluate %s: %s [reason=%s]", args.checkpoint, exc, exc.reason)
         return 1

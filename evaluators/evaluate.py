@@ -172,7 +172,8 @@ class _Pass:
             text, ex.golden, truncated=gen.truncated, strip_thinking=strip,
             regexes=self.regexes, contract=self.contracts.get(ex.regime),
         )
-        if not all(math.isfinite(v) for v in [score.nll, *gen.logprobs]):
+        measured = [*(gen.logprobs or []), *([] if score.nll is None else [score.nll])]
+        if not all(math.isfinite(v) for v in measured):
             raise EvaluationError(
                 "backend", f"non-finite log-probabilities for {ex.origin}: the model is broken"
             )
@@ -191,8 +192,10 @@ class _Pass:
             answer=verdict.answer, exact_match=verdict.exact_match,
             normalized_match=verdict.normalized_match, failure_mode=verdict.failure_mode,
             contract_ok=verdict.contract_ok, think_blocks=verdict.think_blocks,
-            truncated=gen.truncated, confidence=answer_confidence(gen.logprobs, mask),
-            nll=score.nll, cross_entropy=score.nll / score.tokens,
+            truncated=gen.truncated,
+            confidence=None if gen.logprobs is None else answer_confidence(gen.logprobs, mask),
+            nll=score.nll,
+            cross_entropy=None if score.nll is None else score.nll / score.tokens,
         )
 
     def _without_config_stop(self, text: str) -> tuple[str, int]:

@@ -150,6 +150,22 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge", (), "Estimated generation time of the rows recorded per checkpoint."),
     "tunewatch_eval_predictions_cost_run_seconds": (
         "gauge", (), "Estimated generation time of the rows recorded over the whole run."),
+    "tunewatch_eval_remote_jobs": (
+        "counter", (), "Generation jobs the inference server completed (backend: remote)."),
+    "tunewatch_eval_remote_job_wait_seconds": (
+        "counter", (), "Seconds completed jobs waited from queueing to their result, summed."),
+    "tunewatch_eval_remote_request_retries": (
+        "counter", ("reason",), "Inference server requests retried (connection, server_error)."),
+    "tunewatch_eval_remote_job_failures": (
+        "counter", ("reason",), "Jobs without an answer (timeout, failed, bad_response)."),
+    "tunewatch_eval_deployments": (
+        "counter", (), "Deployments of the best checkpoint in the deployment history."),
+    "tunewatch_eval_deployment_rollbacks": (
+        "counter", (), "Rollbacks in the deployment history (tunewatch deploy rollback)."),
+    "tunewatch_eval_deployed_checkpoint_step": (
+        "gauge", (), "Step of the checkpoint deployed to the inference server."),
+    "tunewatch_eval_deployment_failures": (
+        "counter", ("reason",), "Failed deployments (remote, checkpoint_missing)."),
 }
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -163,6 +179,24 @@ PREDICTION_FAMILIES = {
     "cost_checkpoint": "tunewatch_eval_predictions_cost_checkpoint_seconds",
     "cost_run": "tunewatch_eval_predictions_cost_run_seconds",
 }
+
+
+def remote_samples(out: Samples, stats: dict[str, Any] | None,
+                   deploys: dict[str, Any] | None) -> None:
+    """The inference server's figures (evaluators/remote): client counters, deployments."""
+    if stats is not None:
+        _add(out, "tunewatch_eval_remote_jobs", {}, stats["jobs"])
+        _add(out, "tunewatch_eval_remote_job_wait_seconds", {}, stats["job_seconds"])
+        for reason, n in stats["retries"].items():
+            _add(out, "tunewatch_eval_remote_request_retries", {"reason": reason}, n)
+        for reason, n in stats["job_failures"].items():
+            _add(out, "tunewatch_eval_remote_job_failures", {"reason": reason}, n)
+    if deploys is not None:
+        _add(out, "tunewatch_eval_deployments", {}, deploys["deployments"])
+        _add(out, "tunewatch_eval_deployment_rollbacks", {}, deploys["rollbacks"])
+        _add(out, "tunewatch_eval_deployed_checkpoint_step", {}, deploys["deployed_step"])
+        for reason, n in deploys["failures"].items():
+            _add(out, "tunewatch_eval_deployment_failures", {"reason": reason}, n)
 
 
 def _add(out: Samples, name: str, labels: dict[str, str], value: float | None) -> None:

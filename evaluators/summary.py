@@ -26,8 +26,9 @@ class ExampleOutcome:
     """Everything the evaluation learnt about one example (kept for paired tests).
 
     key: content hash of prompt and golden (stable across checkpoints and files);
-    cross_entropy: this example's mean NLL per golden token (nats); nll: the sum;
-    confidence: geometric mean probability of the answer tokens, None without any.
+    cross_entropy: this example's mean NLL per golden token (nats); nll: the sum (both None
+    when the backend cannot teacher-force); confidence: geometric mean probability of the
+    answer tokens, None without any (or without log-probabilities from the backend).
     """
 
     key: str
@@ -51,8 +52,8 @@ class ExampleOutcome:
     think_blocks: int
     truncated: bool
     confidence: float | None
-    nll: float
-    cross_entropy: float
+    nll: float | None
+    cross_entropy: float | None
 
     @property
     def pattern_length(self) -> str:
@@ -70,7 +71,7 @@ class GroupStats:
     failure_modes: dict[str, int]
     truncated: int
     with_think: int
-    cross_entropy: float
+    cross_entropy: float | None
     golden_tokens: int
     mean_confidence: float | None
     calibration: Calibration | None
@@ -96,10 +97,9 @@ def composite(
     contract pass rate. A part that does not exist for this suite (no contract configured, no
     confidence) is left out and the remaining weights are renormalised, rather than scored 0.
     """
-    parts: dict[str, float] = {
-        "exact_match": stats.exact_match.value,
-        "likelihood": math.exp(-stats.cross_entropy),
-    }
+    parts: dict[str, float] = {"exact_match": stats.exact_match.value}
+    if stats.cross_entropy is not None:
+        parts["likelihood"] = math.exp(-stats.cross_entropy)
     if stats.calibration is not None:
         parts["calibration"] = 1.0 - stats.calibration.ece
     if stats.contract is not None:
@@ -109,6 +109,14 @@ def composite(
     if total <= 0:
         return None, parts
     return sum(parts[k] * w for k, w in used.items()) / total, parts
+
+
+def _cross_entropy(outcomes: Sequence[ExampleOutcome], tokens: int) -> float | None:
+    """Summed NLL over summed golden tokens; None unless every example was teacher-forced."""
+    nlls = [o.nll for o in outcomes if o.nll is not None]
+    if len(nlls) != len(outcomes) or tokens < 1:
+        return None
+    return sum(nlls) / tokens
 
 
 def group_stats(
@@ -141,7 +149,7 @@ def group_stats(
         failure_modes=modes,
         truncated=sum(o.truncated for o in outcomes),
         with_think=sum(o.think_blocks > 0 for o in outcomes),
-        cross_entropy=sum(o.nll for o in outcomes) / tokens,
+        cross_entropy=_cross_entropy(outcomes, tokens),
         golden_tokens=tokens,
         mean_confidence=(
             sum(o.confidence for o in confident if o.confidence is not None) / len(confident)

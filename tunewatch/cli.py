@@ -32,6 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval-once": ("evaluators.eval_once", "evaluate one checkpoint on the validation suite"),
     "evaluate": ("evaluators.daemon", "evaluate every new checkpoint and publish metrics (:9947)"),
     "compare": ("evaluators.compare_cmd", "paired comparison of two checkpoints (McNemar)"),
+    "deploy": ("evaluators.remote.deploy_cmd",
+               "the inference server's served model: status, rollback of the last deploy"),
     "predictions": ("evaluators.predictions.cli",
                     "list, follow and export the predictions kept for each checkpoint"),
 }

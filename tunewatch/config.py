@@ -115,6 +115,41 @@ class RegressionConfig:
 
 
 @dataclass
+class RemoteConfig:
+    """The inference server of seed 000 (POST /generate, GET /jobs/{id}; docs/remote.md).
+
+    url: the server, e.g. http://gpu-host:8765 ("" = none). model_id: the id a checkpoint
+    has there, a template over {run}, {checkpoint} (directory name) and {step}.
+    activate: register and activate each checkpoint before evaluating it (a server kept for
+    evaluation); false: only check that the served model is the checkpoint, refuse if not.
+    deploy_best: after each evaluation make the best checkpoint the served one, recording
+    the one it replaces in deploy_history ("" = <evaluator.state_dir>/deployments.jsonl) so
+    that `tunewatch deploy rollback` undoes it. logprobs: ask for token log-probabilities
+    (answer confidence and calibration); a server without them leaves those figures absent.
+    request_timeout_seconds: of one HTTP request; request_retries: tries of a request that
+    met a refused connection or a 5xx, retry_backoff_seconds apart, doubling.
+    job_timeout_seconds: a job not done by then fails (the seeds' 2 minutes).
+    poll_initial_seconds / poll_max_seconds: job polling, doubling from the first to the max.
+    max_parallel_jobs: jobs of one batch queued at once.
+    """
+
+    url: str = ""
+    model_id: str = "{run}-{checkpoint}"
+    source: str = "tunewatch"
+    activate: bool = False
+    deploy_best: bool = False
+    deploy_history: str = ""
+    logprobs: bool = True
+    request_timeout_seconds: float = 10.0
+    request_retries: int = 3
+    retry_backoff_seconds: float = 0.5
+    job_timeout_seconds: float = 120.0
+    poll_initial_seconds: float = 0.05
+    poll_max_seconds: float = 2.0
+    max_parallel_jobs: int = 8
+
+
+@dataclass
 class EvaluatorConfig:
     """The evaluation core (`tunewatch eval-once`) and the daemon (`tunewatch evaluate`).
 
@@ -134,6 +169,9 @@ class EvaluatorConfig:
     confidence_level: of every Wilson interval.
     composite_weights: weights of exact_match, likelihood (exp(-CE)), calibration (1 - ECE)
     and contract (pass rate); parts that do not exist for a suite are left out.
+
+    backend: local (load the checkpoint here) | remote (generate through the inference
+    server of `remote`, a RemoteConfig; docs/remote.md).
 
     Daemon keys (docs/evaluator.md): checkpoints, state_dir, last_k, settle_seconds,
     rescan_seconds, retry_attempts / retry_backoff_seconds (tries in all, first wait,
@@ -177,6 +215,8 @@ class EvaluatorConfig:
     retry_attempts: int = 3
     retry_backoff_seconds: float = 30.0
     curriculum_min_share: float = 0.1
+    backend: Literal["local", "remote"] = "local"
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
 
 @dataclass
@@ -399,6 +439,41 @@ def _predictions_checks(pr: PredictionsConfig) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _remote_checks(ev: EvaluatorConfig) -> list[tuple[str, bool, str]]:
+    """The inference server settings: a URL where one is used, positive times and counts."""
+    rc = ev.remote
+    needs_url = ev.backend == "remote" or rc.deploy_best
+    checks = [
+        ("evaluator.remote.url",
+         (not needs_url or bool(rc.url)) and (rc.url == "" or rc.url.startswith(
+             ("http://", "https://"))),
+         "must be an http:// or https:// URL (needed by backend: remote and deploy_best)"),
+        ("evaluator.remote.deploy_best",
+         not (rc.deploy_best and ev.backend == "remote" and not rc.activate),
+         "with backend: remote needs evaluator.remote.activate: true (otherwise every "
+         "checkpoint but the deployed one would be refused as the wrong model)"),
+        ("evaluator.remote.model_id", _template_ok(rc.model_id),
+         "must be a non-empty template using only {run}, {checkpoint} and {step}"),
+        ("evaluator.remote.request_retries", rc.request_retries >= 1, "must be at least 1"),
+        ("evaluator.remote.max_parallel_jobs", rc.max_parallel_jobs >= 1, "must be at least 1"),
+        ("evaluator.remote.retry_backoff_seconds", rc.retry_backoff_seconds >= 0,
+         "must be >= 0"),
+        ("evaluator.remote.poll_max_seconds", rc.poll_max_seconds >= rc.poll_initial_seconds,
+         "must be >= poll_initial_seconds"),
+    ]
+    checks += [(f"evaluator.remote.{key}", getattr(rc, key) > 0, "must be above 0")
+               for key in ("request_timeout_seconds", "job_timeout_seconds",
+                           "poll_initial_seconds")]
+    return checks
+
+
+def _template_ok(template: str) -> bool:
+    try:
+        return bool(template.format(run="r", checkpoint="c", step=1))
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
 def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Range rules that types alone cannot express: (key, ok, message)."""
     ev = cfg.evaluator
@@ -460,6 +535,7 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
             "must be in (0, 1)",
         ),
         *_predictions_checks(cfg.predictions),
+        *_remote_checks(ev),
         ("exporter.max_concurrent_scrapes", cfg.exporter.max_concurrent_scrapes >= 1, ">= 1"),
         ("exporter.collector_timeout_seconds", cfg.exporter.collector_timeout_seconds > 0, "> 0"),
         ("demo.save_steps", cfg.demo.save_steps >= 1, "must be at least 1"),

@@ -83,7 +83,9 @@ def build_rows(cfg: PredictionsConfig, *, run: str, step: int, epoch: float | No
         example = by_key.get(o.key)
         prompt = render_prompt(example.prompt) if example is not None else ""
         share = duration * o.generated_tokens / total_tokens if total_tokens else None
-        ce = o.cross_entropy if math.isfinite(o.cross_entropy) else None
+        ce = o.cross_entropy
+        if ce is not None and not math.isfinite(ce):
+            ce = None
         rows.append({
             "run": run, "step": step, "epoch": epoch, "checkpoint": checkpoint,
             "example_key": o.key, "example_id": o.id, "dataset": o.origin,

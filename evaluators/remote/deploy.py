@@ -1,0 +1,188 @@
+"""Making the best checkpoint the served one, and undoing it in one command.
+
+Why: seed 000 deployed checkpoints by hand (`curl /models/register`, `/models/set_active`)
+and its rollback plan was to remember the previous model id. Here, with
+`evaluator.remote.deploy_best`, the evaluator deploys the best checkpoint after each
+evaluation and appends every change to a JSON-lines history (`deploy_history`), one record
+per deployment or rollback:
+
+    {"at": 1764480000.0, "action": "deploy", "model_id": "demo-checkpoint-300", "step": 300,
+     "checkpoint": "checkpoint-300", "path": "...", "previous": "Qwen3-0.6B"}
+    {"at": 1764480100.0, "action": "rollback", "model_id": "Qwen3-0.6B",
+     "previous": "demo-checkpoint-300"}
+
+The history is a stack: a deploy pushes, a rollback pops and re-activates what the popped
+deployment replaced. A rolled-back model id is not deployed again automatically (a person
+decided against it); a later, better checkpoint is. `tunewatch deploy status` and
+`tunewatch deploy rollback` read the same file (docs/remote.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluators.errors import EvaluationError
+from evaluators.remote.client import InferenceClient
+
+log = logging.getLogger(__name__)
+
+DEPLOY_FAILURE_REASONS = ("remote", "checkpoint_missing")
+
+
+class DeployError(Exception):
+    """A rollback that cannot be done (nothing deployed, nothing before it)."""
+
+
+@dataclass(frozen=True)
+class History:
+    """The deployment history replayed: what is deployed, and what was refused."""
+
+    records: list[dict[str, Any]]
+    stack: list[dict[str, Any]]
+    rejected: set[str]
+
+    @property
+    def deployed(self) -> dict[str, Any] | None:
+        return self.stack[-1] if self.stack else None
+
+
+def read_history(path: Path) -> History:
+    """Replay the history file; a line that is not a JSON object is named and skipped."""
+    records: list[dict[str, Any]] = []
+    if path.exists():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                log.error("%s:%d: not JSON (%s); line skipped", path, number, exc.msg)
+                continue
+            if isinstance(record, dict) and record.get("action") in ("deploy", "rollback"):
+                records.append(record)
+            else:
+                log.error("%s:%d: not a deploy or rollback record; line skipped", path, number)
+    stack: list[dict[str, Any]] = []
+    rejected: set[str] = set()
+    for record in records:
+        if record["action"] == "deploy":
+            stack.append(record)
+        elif stack:
+            rejected.add(str(stack.pop()["model_id"]))
+    return History(records, stack, rejected)
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """One line, flushed and fsynced: the record of a change the server already made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class Deployer:
+    """Deploys checkpoints to the inference server and keeps the history (thread-safe)."""
+
+    def __init__(self, client: InferenceClient, history_path: Path,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.history_path = history_path
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.failures = dict.fromkeys(DEPLOY_FAILURE_REASONS, 0)
+        self._cached: tuple[tuple[int, int], History] | None = None
+
+    def _history(self) -> History:
+        """The replayed history, re-read only when the file changed (scrapes call this)."""
+        try:
+            st = self.history_path.stat()
+            key = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = (0, -1)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, read_history(self.history_path))
+        return self._cached[1]
+
+    def deploy(self, model_id: str, path: Path, step: int) -> bool:
+        """Make `model_id` (checkpoint at `path`) the served model; True if it changed.
+
+        Also re-activates the deployed model when something else is served (an evaluation
+        with remote.activate switched it), without a new history record.
+        """
+        with self._lock:
+            history = read_history(self.history_path)
+            if model_id in history.rejected:
+                log.info("not deploying %s: it was rolled back", model_id)
+                return False
+            served = self.client.active_model()
+            deployed = history.deployed
+            if deployed is not None and deployed["model_id"] == model_id:
+                if served != model_id:
+                    self.client.set_active(model_id)
+                    log.info("inference server serves %s again", model_id)
+                return False
+            if not path.is_dir():
+                self.failures["checkpoint_missing"] += 1
+                log.error("cannot deploy %s: %s is gone", model_id, path)
+                return False
+            self.client.register(model_id, str(path), f"step{step},tunewatch,best")
+            self.client.set_active(model_id)
+            previous = deployed["model_id"] if deployed is not None else served
+            _append(self.history_path, {
+                "at": self.clock(), "action": "deploy", "model_id": model_id, "step": step,
+                "checkpoint": path.name, "path": str(path), "previous": previous})
+            log.info("deployed %s (step %d) to %s, replacing %s", model_id, step,
+                     self.client.base, previous or "no model")
+            return True
+
+    def deploy_quietly(self, model_id: str, path: Path, step: int) -> None:
+        """`deploy` for the daemon: a failure is logged and counted, never raised."""
+        try:
+            self.deploy(model_id, path, step)
+        except EvaluationError as exc:
+            with self._lock:
+                self.failures["remote"] += 1
+            log.error("cannot deploy %s to %s: %s [reason=%s]", model_id, self.client.base,
+                      exc, exc.reason)
+
+    def rollback(self) -> dict[str, Any]:
+        """Re-activate what the last deployment replaced; returns the rollback record."""
+        with self._lock:
+            history = read_history(self.history_path)
+            top = history.deployed
+            if top is None:
+                raise DeployError(f"nothing to roll back: {self.history_path} records no"
+                                  " deployment in force")
+            previous = top.get("previous")
+            if not previous:
+                raise DeployError(f"{top['model_id']} replaced no model (the server served"
+                                  " none); nothing to roll back to")
+            self.client.set_active(str(previous))
+            record = {"at": self.clock(), "action": "rollback", "model_id": previous,
+                      "previous": top["model_id"]}
+            _append(self.history_path, record)
+            log.info("rolled back %s: %s serves %s again", top["model_id"], self.client.base,
+                     previous)
+            return record
+
+    def samples(self) -> dict[str, Any]:
+        """Figures for /metrics: deployments recorded, deployed step, failures."""
+        with self._lock:
+            history = self._history()
+            failures = dict(self.failures)
+        deployed = history.deployed
+        return {
+            "deployments": sum(r["action"] == "deploy" for r in history.records),
+            "rollbacks": sum(r["action"] == "rollback" for r in history.records),
+            "deployed_step": deployed.get("step") if deployed is not None else None,
+            "failures": failures,
+        }

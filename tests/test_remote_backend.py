@@ -1,0 +1,249 @@
+"""The remote backend (evaluators/remote) against a real inference server over HTTP.
+
+Why these tests: the seeds' prediction daemon scored the base model's answers as the newest
+checkpoint's, and a server that was down or slow gave results nobody could trust. So: the
+remote pass must equal the local one on the same checkpoint (answers and exact match), the
+wrong model must be refused before and after the pass, slow jobs must be waited for with
+exponential backoff, a job past its deadline, a failed job and a server that is down or
+unhealthy must each end as one EvaluationError with its reason and a counted failure, and
+the daemon must count it and retry. The server is tests/inference_server.py, a real process
+serving the tiny model through LocalBackend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from inference_server import InferenceServer
+from services import free_port, promtool_check_metrics
+
+from evaluators.daemon import Daemon
+from evaluators.data import load_suite
+from evaluators.errors import EvaluationError
+from evaluators.evaluate import evaluate_checkpoint
+from evaluators.metrics import families
+from evaluators.remote.backend import RemoteEvaluator, model_id_for
+from evaluators.remote.client import InferenceClient, RemoteStats
+from tunewatch.config import Config, ConfigError, EvaluatorConfig, load_config
+
+RUN = "demo"
+LIMIT = 24
+
+
+def remote_cfg(url: str, **remote: object) -> EvaluatorConfig:
+    """The evaluator section for a remote pass on CPU with quick polling and retries."""
+    base = Config().evaluator
+    rc = dataclasses.replace(base.remote, url=url, retry_backoff_seconds=0.05,
+                             poll_initial_seconds=0.01, poll_max_seconds=0.2, **remote)
+    return dataclasses.replace(base, backend="remote", remote=rc, device="cpu", batch_size=8)
+
+
+def model_id(checkpoint: Path) -> str:
+    return model_id_for(Config().evaluator.remote, RUN, checkpoint, None)
+
+
+@pytest.fixture(scope="module")
+def last(tiny_run) -> Path:
+    return tiny_run.checkpoints[-1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, last, tmp_path_factory) -> Iterator[InferenceServer]:
+    """A healthy server serving the last checkpoint under its tunewatch model id."""
+    srv = InferenceServer(tmp_path_factory.mktemp("server"), checkpoint=last,
+                          model_id=model_id(last)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def local_result(tiny_run, last):
+    cfg = dataclasses.replace(Config().evaluator, device="cpu", batch_size=8)
+    return evaluate_checkpoint(last, cfg, data_dir=tiny_run.data_dir, limit=LIMIT)
+
+
+def evaluate_remote(cfg: EvaluatorConfig, checkpoint: Path, data: Path,
+                    stats: RemoteStats | None = None):
+    return RemoteEvaluator(cfg, RUN, stats)(checkpoint, cfg, data_dir=data, limit=LIMIT)
+
+
+def test_remote_pass_equals_the_local_one(server, tiny_run, last, local_result) -> None:
+    stats = RemoteStats()
+    result = evaluate_remote(remote_cfg(server.url), last, tiny_run.data_dir, stats)
+    by_key = {o.key: o for o in local_result.outcomes}
+    assert [o.key for o in result.outcomes] == [o.key for o in local_result.outcomes]
+    for o in result.outcomes:
+        assert (o.generated, o.exact_match, o.truncated) == (
+            by_key[o.key].generated, by_key[o.key].exact_match, by_key[o.key].truncated)
+        assert o.confidence == pytest.approx(by_key[o.key].confidence, abs=1e-4)
+        assert o.nll is None and o.cross_entropy is None
+    assert result.overall.exact_match.value == local_result.overall.exact_match.value
+    # The server only generates: no cross-entropy, and no likelihood part in the composite.
+    assert result.overall.cross_entropy is None
+    assert "likelihood" not in result.overall.composite_parts
+    assert result.overall.calibration is not None
+    assert stats.snapshot()["jobs"] == LIMIT
+    assert "inference server" in result.run.backend
+
+
+def test_without_logprobs_confidence_is_absent(server, tiny_run, last, local_result) -> None:
+    result = evaluate_remote(remote_cfg(server.url, logprobs=False), last, tiny_run.data_dir)
+    assert all(o.confidence is None for o in result.outcomes)
+    assert result.overall.calibration is None and result.overall.mean_confidence is None
+    assert result.overall.exact_match.value == local_result.overall.exact_match.value
+
+
+def test_wrong_model_is_refused_before_any_job(server, tiny_run) -> None:
+    stats = RemoteStats()
+    first = tiny_run.checkpoints[0]
+    with pytest.raises(EvaluationError) as err:
+        evaluate_remote(remote_cfg(server.url), first, tiny_run.data_dir, stats)
+    assert err.value.reason == "wrong_model"
+    assert model_id(first) in str(err.value) and model_id(tiny_run.checkpoints[-1]) in str(
+        err.value)
+    assert stats.snapshot()["jobs"] == 0
+
+
+def test_activate_registers_and_switches_then_back(server, tiny_run, last) -> None:
+    client = InferenceClient(remote_cfg(server.url).remote)
+    first = tiny_run.checkpoints[0]
+    try:
+        result = evaluate_remote(remote_cfg(server.url, activate=True), first,
+                                 tiny_run.data_dir)
+        assert client.active_model() == model_id(first)
+        assert result.step == 100 and result.overall.examples == LIMIT
+    finally:
+        client.set_active(model_id(last))
+    assert client.active_model() == model_id(last)
+
+
+def test_slow_jobs_are_polled_with_exponential_backoff(tiny_run, last, tmp_path) -> None:
+    slow = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
+                           job_delay=0.4).start()
+    try:
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            import time
+            time.sleep(seconds)
+
+        cfg = remote_cfg(slow.url, max_parallel_jobs=4)
+        client = InferenceClient(cfg.remote, sleep=sleep)
+        data = load_suite(tiny_run.data_dir, [])
+        result = RemoteEvaluator(cfg, RUN, client=client)(last, cfg, suite=data, limit=4)
+    finally:
+        slow.stop()
+    assert result.overall.examples == 4
+    # 4 jobs of 0.4 s each on one worker: about 1.6 s of polling, doubling from 0.01 s.
+    assert waits[:4] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert max(waits) <= 0.2 + 1e-9 and len(waits) < 30
+
+
+def test_a_job_past_its_deadline_times_out(tiny_run, last, tmp_path) -> None:
+    slow = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
+                           job_delay=5.0).start()
+    stats = RemoteStats()
+    try:
+        with pytest.raises(EvaluationError) as err:
+            evaluate_remote(remote_cfg(slow.url, job_timeout_seconds=0.5,
+                                       max_parallel_jobs=2), last, tiny_run.data_dir, stats)
+    finally:
+        slow.stop()
+    assert err.value.reason == "remote_timeout"
+    assert "not done after 0.5s" in str(err.value)
+    assert stats.snapshot()["job_failures"]["timeout"] == 2
+
+
+def test_failed_jobs_and_an_unhealthy_server(tiny_run, last, tmp_path) -> None:
+    failing = InferenceServer(tmp_path / "f", checkpoint=last, model_id=model_id(last),
+                              fail_jobs=True).start()
+    sick = InferenceServer(tmp_path / "s", health_status=503).start()
+    stats = RemoteStats()
+    try:
+        with pytest.raises(EvaluationError) as failed:
+            evaluate_remote(remote_cfg(failing.url), last, tiny_run.data_dir, stats)
+        with pytest.raises(EvaluationError) as unhealthy:
+            evaluate_remote(remote_cfg(sick.url), last, tiny_run.data_dir, stats)
+    finally:
+        failing.stop()
+        sick.stop()
+    assert failed.value.reason == "remote_job" and "failed" in str(failed.value)
+    assert stats.snapshot()["job_failures"]["failed"] == 1
+    assert unhealthy.value.reason == "remote_unavailable"
+    assert "503" in str(unhealthy.value)
+    # A 503 is retried (request_retries tries in all) before it is given up.
+    assert stats.snapshot()["retries"]["server_error"] == 2
+
+
+def test_a_server_that_is_down_is_retried_then_reported(tiny_run, last) -> None:
+    stats = RemoteStats()
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(EvaluationError) as err:
+        evaluate_remote(remote_cfg(url, request_retries=3), last, tiny_run.data_dir, stats)
+    assert err.value.reason == "remote_unavailable"
+    assert "failed 3 time(s)" in str(err.value) and url in str(err.value)
+    assert stats.snapshot()["retries"]["connection"] == 2
+
+
+def test_daemon_counts_the_failure_and_retries_when_the_server_is_back(
+    tiny_run, last, tmp_path
+) -> None:
+    """Server down: counted as remote_unavailable, nothing published; up: evaluated."""
+    port = free_port()
+    cfg = dataclasses.replace(remote_cfg(f"http://127.0.0.1:{port}", request_retries=1),
+                              retry_backoff_seconds=0.0, retry_attempts=3)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / last.name).symlink_to(last, target_is_directory=True)
+    stats = RemoteStats()
+    daemon = Daemon(cfg, checkpoints=checkpoints, data=tiny_run.data_dir,
+                    state_dir=tmp_path / "state", run_name=RUN, limit=LIMIT,
+                    evaluate=RemoteEvaluator(cfg, RUN, stats), remote_stats=stats)
+    daemon.step()
+    assert daemon.failures["remote_unavailable"] == 1
+    assert daemon.state.checkpoints[300]["status"] == "failed"
+    assert "tunewatch_eval_exact_match_ratio" not in daemon.published
+    srv = InferenceServer(tmp_path / "srv", checkpoint=last, model_id=model_id(last))
+    srv.port = port
+    srv.url = f"http://127.0.0.1:{port}"
+    srv.start()
+    try:
+        daemon.step()
+    finally:
+        srv.stop()
+    assert daemon.state.checkpoints[300]["status"] == "ok"
+    text = exposition(daemon)
+    assert 'tunewatch_eval_failures_total{reason="remote_unavailable"} 1.0' in text
+    assert f"tunewatch_eval_remote_jobs_total {float(LIMIT)}" in text
+    assert 'tunewatch_eval_exact_match_ratio{difficulty="all"}' in text
+    assert "tunewatch_eval_cross_entropy{" not in text
+    assert promtool_check_metrics(text) == ""
+
+
+def exposition(daemon: Daemon) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(daemon)  # type: ignore[arg-type]
+    assert list(families({}))  # every family is declared even without samples
+    return generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"TUNEWATCH_EVALUATOR__BACKEND": "remote"}, "evaluator.remote.url"),
+    ({"TUNEWATCH_EVALUATOR__REMOTE__URL": "gpu-host:8765"}, "evaluator.remote.url"),
+    ({"TUNEWATCH_EVALUATOR__BACKEND": "remote", "TUNEWATCH_EVALUATOR__REMOTE__URL":
+      "http://h:8765", "TUNEWATCH_EVALUATOR__REMOTE__DEPLOY_BEST": "true"},
+     "evaluator.remote.deploy_best"),
+    ({"TUNEWATCH_EVALUATOR__REMOTE__MODEL_ID": "{run}-{epoch}"}, "evaluator.remote.model_id"),
+    ({"TUNEWATCH_EVALUATOR__REMOTE__JOB_TIMEOUT_SECONDS": "0"},
+     "evaluator.remote.job_timeout_seconds"),
+])
+def test_remote_settings_are_checked(tmp_path, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ=env)
+    assert key in str(err.value)

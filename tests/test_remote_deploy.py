@@ -1,0 +1,150 @@
+"""Deploying the best checkpoint to the inference server, and `tunewatch deploy rollback`.
+
+Why: seed 000 switched the served model by hand and kept the previous id in someone's head.
+These tests run the deployer and the command line against the real test server
+(tests/inference_server.py): each deployment records what it replaced, a redeploy of the same
+model records nothing, a model switched away by an evaluation is switched back, a rollback is
+one command and walks the history back, a rolled-back model is not redeployed automatically,
+and the evaluator daemon deploys its best checkpoint and publishes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from inference_server import InferenceServer
+
+from evaluators.daemon import Daemon
+from evaluators.remote.backend import model_id_for
+from evaluators.remote.client import InferenceClient, RemoteStats
+from evaluators.remote.deploy import Deployer, read_history
+from tunewatch.config import Config
+
+RUN = "demo"
+BASE = "Qwen3-base"
+
+
+def mid(path: Path) -> str:
+    return model_id_for(Config().evaluator.remote, RUN, path, None)
+
+
+@pytest.fixture()
+def server(tiny_run, tmp_path) -> Iterator[InferenceServer]:
+    """The server as the seeds had it: the base model (here: the first checkpoint) active."""
+    srv = InferenceServer(tmp_path / "server", checkpoint=tiny_run.checkpoints[0],
+                          model_id=BASE).start()
+    yield srv
+    srv.stop()
+
+
+def client_for(url: str) -> InferenceClient:
+    rc = dataclasses.replace(Config().evaluator.remote, url=url, retry_backoff_seconds=0.05)
+    return InferenceClient(rc)
+
+
+def deploy_cli(url: str, history: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tunewatch", "deploy", *args, "--url", url,
+         "--history", str(history)],
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_deploy_records_what_it_replaced_and_rollback_walks_back(
+    server, tiny_run, tmp_path
+) -> None:
+    client = client_for(server.url)
+    history = tmp_path / "deployments.jsonl"
+    deployer = Deployer(client, history)
+    c200, c300 = tiny_run.checkpoints[1], tiny_run.checkpoints[2]
+
+    assert deployer.deploy(mid(c200), c200, 200) is True
+    assert client.active_model() == mid(c200)
+    assert deployer.deploy(mid(c200), c200, 200) is False  # already deployed: no record
+    client.set_active(BASE)  # an evaluation (or a person) switched it away
+    assert deployer.deploy(mid(c200), c200, 200) is False
+    assert client.active_model() == mid(c200)  # switched back, still one record
+    assert deployer.deploy(mid(c300), c300, 300) is True
+    records = read_history(history).records
+    assert [(r["model_id"], r["previous"]) for r in records] == [
+        (mid(c200), BASE), (mid(c300), mid(c200))]
+    assert deployer.samples()["deployed_step"] == 300
+
+    status = deploy_cli(server.url, history, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"served     {mid(c300)}" in status.stdout
+
+    first = deploy_cli(server.url, history, "rollback")
+    assert first.returncode == 0, first.stderr
+    assert f"serves {mid(c200)} again" in first.stdout
+    assert client.active_model() == mid(c200)
+    second = deploy_cli(server.url, history, "rollback")
+    assert second.returncode == 0, second.stderr
+    assert client.active_model() == BASE
+    third = deploy_cli(server.url, history, "rollback")
+    assert third.returncode == 1 and "nothing to roll back" in third.stderr
+    assert client.active_model() == BASE
+
+    # A person rolled these back: the daemon does not push them again.
+    assert deployer.deploy(mid(c300), c300, 300) is False
+    assert client.active_model() == BASE
+    samples = deployer.samples()
+    assert (samples["deployments"], samples["rollbacks"], samples["deployed_step"]) == (
+        2, 2, None)
+
+
+def test_a_missing_checkpoint_or_a_down_server_is_counted(server, tiny_run, tmp_path) -> None:
+    deployer = Deployer(client_for(server.url), tmp_path / "h.jsonl")
+    deployer.deploy_quietly("demo-checkpoint-999", tmp_path / "checkpoint-999", 999)
+    assert deployer.failures["checkpoint_missing"] == 1
+    down = Deployer(client_for("http://127.0.0.1:9"), tmp_path / "h.jsonl")
+    c = tiny_run.checkpoints[1]
+    down.deploy_quietly(mid(c), c, 200)
+    assert down.failures["remote"] == 1
+    assert read_history(tmp_path / "h.jsonl").records == []
+
+
+def test_a_damaged_history_line_is_named_and_skipped(tmp_path, caplog) -> None:
+    history = tmp_path / "deployments.jsonl"
+    history.write_text('{"action": "deploy", "model_id": "a", "previous": null}\nnot json\n')
+    replayed = read_history(history)
+    assert [r["model_id"] for r in replayed.records] == ["a"]
+    assert f"{history}:2: not JSON" in caplog.text
+
+
+def test_daemon_deploys_its_best_checkpoint(server, tiny_run, tmp_path) -> None:
+    """Local evaluation, deploy_best on: the best checkpoint ends up served and published."""
+    base = Config().evaluator
+    rc = dataclasses.replace(base.remote, url=server.url, deploy_best=True)
+    cfg = dataclasses.replace(base, remote=rc, device="cpu", batch_size=16)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for c in tiny_run.checkpoints[1:]:
+        (checkpoints / c.name).symlink_to(c, target_is_directory=True)
+    history = tmp_path / "state" / "deployments.jsonl"
+    stats = RemoteStats()
+    daemon = Daemon(cfg, checkpoints=checkpoints, data=tiny_run.data_dir,
+                    state_dir=tmp_path / "state", run_name=RUN, limit=24,
+                    remote_stats=stats, deployer=Deployer(InferenceClient(rc, stats), history))
+    while daemon.step() == 0.0:
+        pass
+    best = daemon.state.best_step()
+    assert best is not None
+    best_path = checkpoints / f"checkpoint-{best}"
+    assert client_for(server.url).active_model() == mid(best_path)
+    deployed = read_history(history).deployed
+    assert deployed is not None and deployed["step"] == best
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(daemon)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert f"tunewatch_eval_deployed_checkpoint_step {float(best)}" in text
+    assert json.loads(history.read_text().splitlines()[0])["previous"] == BASE
