@@ -25,9 +25,18 @@ from evaluators.data import load_suite
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import evaluate_checkpoint
 from evaluators.metrics import families
+from evaluators.predictions.recorder import Recorder
+from evaluators.predictions.spool import Spool
+from evaluators.predictions.store import Filters, open_store
 from evaluators.remote.backend import RemoteEvaluator, model_id_for
 from evaluators.remote.client import InferenceClient, RemoteStats
-from tunewatch.config import Config, ConfigError, EvaluatorConfig, load_config
+from tunewatch.config import (
+    Config,
+    ConfigError,
+    EvaluatorConfig,
+    PredictionsConfig,
+    load_config,
+)
 
 RUN = "demo"
 LIMIT = 24
@@ -200,9 +209,13 @@ def test_daemon_counts_the_failure_and_retries_when_the_server_is_back(
     checkpoints.mkdir()
     (checkpoints / last.name).symlink_to(last, target_is_directory=True)
     stats = RemoteStats()
+    store = open_store("", state_dir=tmp_path / "state")
+    recorder = Recorder(PredictionsConfig(sample_size=5), store=store,
+                        spool=Spool(tmp_path / "spool"), run=RUN, background=False)
     daemon = Daemon(cfg, checkpoints=checkpoints, data=tiny_run.data_dir,
                     state_dir=tmp_path / "state", run_name=RUN, limit=LIMIT,
-                    evaluate=RemoteEvaluator(cfg, RUN, stats), remote_stats=stats)
+                    evaluate=RemoteEvaluator(cfg, RUN, stats), remote_stats=stats,
+                    recorder=recorder)
     daemon.step()
     assert daemon.failures["remote_unavailable"] == 1
     assert daemon.state.checkpoints[300]["status"] == "failed"
@@ -222,6 +235,11 @@ def test_daemon_counts_the_failure_and_retries_when_the_server_is_back(
     assert 'tunewatch_eval_exact_match_ratio{difficulty="all"}' in text
     assert "tunewatch_eval_cross_entropy{" not in text
     assert promtool_check_metrics(text) == ""
+    # The sample predictions are kept as with the local backend, cross-entropy as NULL.
+    rows = store.query(Filters(run=RUN, step_min=300, step_max=300))
+    recorder.close()
+    assert len(rows) == 5
+    assert all(r["cross_entropy"] is None and r["answer"] is not None for r in rows)
 
 
 def exposition(daemon: Daemon) -> str:
