@@ -34,7 +34,7 @@ from evaluators import metrics
 from evaluators.compare import Comparison, compare, rank
 from evaluators.data import Suite, load_suite
 from evaluators.discovery import Candidate, Scanner, Watcher
-from evaluators.errors import REASONS, EvaluationError
+from evaluators.errors import REASONS, TRANSIENT_REASONS, EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_checkpoint
 from evaluators.predictions.recorder import Recorder
 from evaluators.remote.backend import (
@@ -228,8 +228,9 @@ class Daemon:
     def _failed(self, c: Candidate, reason: str, message: str) -> None:
         entry = self.state.checkpoints.get(c.step, {})
         attempts = int(entry.get("attempts", 0)) + 1
-        give_up = attempts >= self.cfg.retry_attempts
-        backoff = self.cfg.retry_backoff_seconds * 2 ** (attempts - 1)
+        give_up = attempts >= self.cfg.retry_attempts and reason not in TRANSIENT_REASONS
+        backoff = min(self.cfg.retry_backoff_seconds * 2 ** min(attempts - 1, 30),
+                      self.cfg.retry_max_backoff_seconds)
         self.state.checkpoints[c.step] = {
             "checkpoint": c.path.name, "path": str(c.path), "status":
             "given_up" if give_up else "failed", "attempts": attempts, "reason": reason,
@@ -242,8 +243,11 @@ class Daemon:
             log.error("cannot evaluate %s: %s [reason=%s]; giving up after %d attempt(s) "
                       "until its files change", c.path.name, message, reason, attempts)
         else:
-            log.error("cannot evaluate %s: %s [reason=%s]; attempt %d of %d, next in %.0fs",
-                      c.path.name, message, reason, attempts, self.cfg.retry_attempts, backoff)
+            log.error("cannot evaluate %s: %s [reason=%s]; attempt %d%s, next in %.0fs",
+                      c.path.name, message, reason, attempts,
+                      " (the server's fault: retried until it answers)"
+                      if reason in TRANSIENT_REASONS else f" of {self.cfg.retry_attempts}",
+                      backoff)
         self._save()
 
     def _succeeded(self, c: Candidate, result: EvalResult, wall: float, delay: float) -> None:
@@ -503,6 +507,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     except ServerStartError as exc:
         log.error("%s", exc)
         return 1
+    if deployer is not None:
+        deployer.note_served()
     stop = threading.Event()
     try:
         if args.once:

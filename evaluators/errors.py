@@ -26,6 +26,12 @@ REASONS = (
 )
 
 
+# Failures of the inference server rather than of the checkpoint: the daemon keeps retrying
+# them (backoff capped at evaluator.retry_max_backoff_seconds) instead of giving up on a
+# checkpoint that is fine.
+TRANSIENT_REASONS = frozenset({"remote_unavailable", "remote_timeout", "wrong_model"})
+
+
 class EvaluationError(Exception):
     """A checkpoint or suite that cannot be evaluated; `reason` is one of REASONS."""
 

@@ -13,6 +13,12 @@ serving the tiny model through LocalBackend.
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import os
+import socketserver
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,7 +170,8 @@ def test_a_job_past_its_deadline_times_out(tiny_run, last, tmp_path) -> None:
         slow.stop()
     assert err.value.reason == "remote_timeout"
     assert "not done after 0.5s" in str(err.value)
-    assert stats.snapshot()["job_failures"]["timeout"] == 2
+    # The oldest job's time ran out (the second one's clock starts when its turn comes).
+    assert stats.snapshot()["job_failures"]["timeout"] == 1
 
 
 def test_failed_jobs_and_an_unhealthy_server(tiny_run, last, tmp_path) -> None:
@@ -203,8 +210,10 @@ def test_daemon_counts_the_failure_and_retries_when_the_server_is_back(
 ) -> None:
     """Server down: counted as remote_unavailable, nothing published; up: evaluated."""
     port = free_port()
+    # One attempt allowed: a checkpoint's own failure would be given up at once, but a
+    # server that is down is the server's fault and is retried.
     cfg = dataclasses.replace(remote_cfg(f"http://127.0.0.1:{port}", request_retries=1),
-                              retry_backoff_seconds=0.0, retry_attempts=3)
+                              retry_backoff_seconds=0.0, retry_attempts=1)
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     (checkpoints / last.name).symlink_to(last, target_is_directory=True)
@@ -258,6 +267,8 @@ def exposition(daemon: Daemon) -> str:
       "http://h:8765", "TUNEWATCH_EVALUATOR__REMOTE__DEPLOY_BEST": "true"},
      "evaluator.remote.deploy_best"),
     ({"TUNEWATCH_EVALUATOR__REMOTE__MODEL_ID": "{run}-{epoch}"}, "evaluator.remote.model_id"),
+    ({"TUNEWATCH_EVALUATOR__REMOTE__MODEL_ID": "{run}"}, "evaluator.remote.model_id"),
+    ({"TUNEWATCH_EVALUATOR__REMOTE__MODEL_ID": "m-{step:05d}"}, "evaluator.remote.model_id"),
     ({"TUNEWATCH_EVALUATOR__REMOTE__JOB_TIMEOUT_SECONDS": "0"},
      "evaluator.remote.job_timeout_seconds"),
 ])
@@ -265,3 +276,67 @@ def test_remote_settings_are_checked(tmp_path, env: dict[str, str], key: str) ->
     with pytest.raises(ConfigError) as err:
         load_config(None, environ=env)
     assert key in str(err.value)
+
+
+class NotHTTP(socketserver.BaseRequestHandler):
+    """Answers every connection with bytes that are not HTTP."""
+
+    def handle(self) -> None:
+        self.request.recv(4096)
+        self.request.sendall(b"SURPRISE\r\n\r\n")
+
+
+class PlainHealth(http.server.BaseHTTPRequestHandler):
+    """A /health that answers 200 with plain text, as seed 000's server may."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serving(server: socketserver.BaseServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_server_that_does_not_speak_http_is_retried_then_unavailable() -> None:
+    server = socketserver.TCPServer(("127.0.0.1", 0), NotHTTP)
+    serving(server)
+    stats = RemoteStats()
+    try:
+        client = InferenceClient(
+            remote_cfg(f"http://127.0.0.1:{server.server_address[1]}", request_retries=2).remote,
+            stats)
+        with pytest.raises(EvaluationError) as err:
+            client.health()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert err.value.reason == "remote_unavailable"
+    assert stats.snapshot()["retries"]["connection"] == 1
+
+
+def test_a_plain_text_health_answer_is_healthy() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), PlainHealth)
+    serving(server)
+    try:
+        InferenceClient(remote_cfg(f"http://127.0.0.1:{server.server_address[1]}").remote).health()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_backend_flags_are_checked_like_the_configuration(tiny_run, last) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tunewatch", "eval-once", str(last), "--data",
+         str(tiny_run.data_dir), "--backend", "remote"],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "evaluator.remote.url" in done.stderr

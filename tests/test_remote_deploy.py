@@ -100,6 +100,27 @@ def test_deploy_records_what_it_replaced_and_rollback_walks_back(
         2, 2, None)
 
 
+def test_activation_between_start_and_first_deploy_is_not_the_previous_model(
+    server, tiny_run, tmp_path
+) -> None:
+    """remote.activate switches the server before the first deployment: the model to
+    return to is what was served at start, and a rolled-back model is not left served."""
+    client = client_for(server.url)
+    deployer = Deployer(client, tmp_path / "deployments.jsonl")
+    deployer.note_served()
+    c100, c200 = tiny_run.checkpoints[0], tiny_run.checkpoints[1]
+    client.register(mid(c200), str(c200), "step200")  # what an evaluation's activate does
+    client.set_active(mid(c200))
+    assert deployer.deploy(mid(c200), c200, 200) is True
+    assert read_history(tmp_path / "deployments.jsonl").records[0]["previous"] == BASE
+    deployer.rollback()
+    assert client.active_model() == BASE
+    client.register(mid(c100), str(c100), "step100")  # the next evaluation switches it
+    client.set_active(mid(c100))
+    assert deployer.deploy(mid(c200), c200, 200) is False  # still best, but rolled back
+    assert client.active_model() == BASE
+
+
 def test_a_missing_checkpoint_or_a_down_server_is_counted(server, tiny_run, tmp_path) -> None:
     deployer = Deployer(client_for(server.url), tmp_path / "h.jsonl")
     deployer.deploy_quietly("demo-checkpoint-999", tmp_path / "checkpoint-999", 999)
@@ -113,10 +134,14 @@ def test_a_missing_checkpoint_or_a_down_server_is_counted(server, tiny_run, tmp_
 
 def test_a_damaged_history_line_is_named_and_skipped(tmp_path, caplog) -> None:
     history = tmp_path / "deployments.jsonl"
-    history.write_text('{"action": "deploy", "model_id": "a", "previous": null}\nnot json\n')
+    history.write_text('{"action": "deploy", "model_id": "a", "previous": null}\nnot json\n'
+                       '{"action": "deploy", "step": 3}\n'
+                       '{"action": "deploy", "model_id": "b", "step": "x"}\n')
     replayed = read_history(history)
     assert [r["model_id"] for r in replayed.records] == ["a"]
     assert f"{history}:2: not JSON" in caplog.text
+    assert f"{history}:3: no model_id" in caplog.text
+    assert f"{history}:4: step is not an integer" in caplog.text
 
 
 def test_daemon_deploys_its_best_checkpoint(server, tiny_run, tmp_path) -> None:

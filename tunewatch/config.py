@@ -175,7 +175,9 @@ class EvaluatorConfig:
 
     Daemon keys (docs/evaluator.md): checkpoints, state_dir, last_k, settle_seconds,
     rescan_seconds, retry_attempts / retry_backoff_seconds (tries in all, first wait,
-    doubling), curriculum_min_share (floor share of each difficulty in the recommended mix).
+    doubling; failures of the inference server are retried without a limit, waiting at most
+    retry_max_backoff_seconds), curriculum_min_share (floor share of each difficulty in the
+    recommended mix).
     """
 
     listen_address: str = "127.0.0.1:9947"
@@ -214,6 +216,7 @@ class EvaluatorConfig:
     rescan_seconds: float = 30.0
     retry_attempts: int = 3
     retry_backoff_seconds: float = 30.0
+    retry_max_backoff_seconds: float = 1800.0
     curriculum_min_share: float = 0.1
     backend: Literal["local", "remote"] = "local"
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -453,7 +456,8 @@ def _remote_checks(ev: EvaluatorConfig) -> list[tuple[str, bool, str]]:
          "with backend: remote needs evaluator.remote.activate: true (otherwise every "
          "checkpoint but the deployed one would be refused as the wrong model)"),
         ("evaluator.remote.model_id", _template_ok(rc.model_id),
-         "must be a non-empty template using only {run}, {checkpoint} and {step}"),
+         "must be a template using only {run}, {checkpoint} and {step}, with {checkpoint} or"
+         " {step} in it (each checkpoint needs its own id)"),
         ("evaluator.remote.request_retries", rc.request_retries >= 1, "must be at least 1"),
         ("evaluator.remote.max_parallel_jobs", rc.max_parallel_jobs >= 1, "must be at least 1"),
         ("evaluator.remote.retry_backoff_seconds", rc.retry_backoff_seconds >= 0,
@@ -468,10 +472,19 @@ def _remote_checks(ev: EvaluatorConfig) -> list[tuple[str, bool, str]]:
 
 
 def _template_ok(template: str) -> bool:
+    """Formats with the values model_id_for passes (step may be empty) and names a checkpoint."""
     try:
-        return bool(template.format(run="r", checkpoint="c", step=1))
+        template.format(run="r", checkpoint="c", step="")
+        template.format(run="r", checkpoint="c", step=1)
     except (KeyError, IndexError, ValueError):
         return False
+    return "{checkpoint}" in template or "{step}" in template
+
+
+def remote_errors(ev: EvaluatorConfig) -> list[str]:
+    """The evaluator.remote rules broken by `ev` (for settings changed by flags after
+    loading), each as 'key: message'."""
+    return [f"{key}: {message}" for key, ok, message in _remote_checks(ev) if not ok]
 
 
 def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
@@ -492,6 +505,9 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("evaluator.rescan_seconds", ev.rescan_seconds > 0, "must be > 0"),
         ("evaluator.retry_attempts", ev.retry_attempts >= 1, "must be at least 1"),
         ("evaluator.retry_backoff_seconds", ev.retry_backoff_seconds >= 0, "must be >= 0"),
+        ("evaluator.retry_max_backoff_seconds",
+         ev.retry_max_backoff_seconds >= ev.retry_backoff_seconds,
+         "must be >= retry_backoff_seconds"),
         (
             "evaluator.curriculum_min_share",
             0.0 <= ev.curriculum_min_share <= 1.0,

@@ -28,7 +28,8 @@ from evaluators.data import Message, Suite, load_suite
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_with_backend
 from evaluators.remote.client import InferenceClient, JobResult, RemoteStats
-from tunewatch.config import EvaluatorConfig, RemoteConfig
+from tunewatch.cli import UsageError
+from tunewatch.config import EvaluatorConfig, RemoteConfig, remote_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def with_backend_arguments(ev: EvaluatorConfig, args: argparse.Namespace) -> EvaluatorConfig:
-    """The evaluator section with --backend / --remote-url applied."""
+    """The evaluator section with --backend / --remote-url applied and checked again."""
     if args.remote_url is not None:
         ev = dataclasses.replace(ev, remote=dataclasses.replace(ev.remote, url=args.remote_url))
     if args.backend is not None:
         ev = dataclasses.replace(ev, backend=args.backend)
+    errors = remote_errors(ev)
+    if errors:
+        raise UsageError("; ".join(errors))
     return ev
 
 
@@ -68,6 +72,7 @@ class RemoteBackend:
         self.description = f"inference server {client.base} (model {model_id})"
 
     def prompt_tokens(self, prompt: Sequence[Message]) -> int:
+        """Counted with the checkpoint's tokenizer, as the local backend counts them."""
         return self.prompts.prompt_tokens(prompt)
 
     def generate(
@@ -91,7 +96,8 @@ class RemoteBackend:
         """The server's text, cut like the local backend cuts it (EOS text, stop strings)."""
         text = result.text
         eos = self.prompts.tokenizer.eos_token
-        if eos and eos in text:
+        ended = bool(eos) and eos in text
+        if ended:
             text = text[: text.index(eos)]
         cut = stop_cut(text, stops)
         if cut is not None:
@@ -103,15 +109,20 @@ class RemoteBackend:
         else:
             ids = self.prompts.tokenizer(text, add_special_tokens=False)["input_ids"]
             tokens = [self.prompts.tokenizer.decode([i]) for i in ids]
+        finished = ended or cut is not None
         return Generation(text, tokens, logprobs,
-                          truncated=self._truncated(result, cut, len(tokens), max_new_tokens))
+                          truncated=self._truncated(result, finished, len(tokens),
+                                                    max_new_tokens))
 
     @staticmethod
-    def _truncated(result: JobResult, cut: int | None, tokens: int, budget: int) -> bool:
-        """The server's finish_reason where it gives one; else: the budget used, no stop."""
+    def _truncated(result: JobResult, finished: bool, tokens: int, budget: int) -> bool:
+        """Not when an EOS or a stop string ended it; else the server's finish_reason where
+        it gives one, else whether the answer used the whole budget (re-tokenized here)."""
+        if finished:
+            return False
         if result.finish_reason is not None:
-            return result.finish_reason == "length" and cut is None
-        return cut is None and tokens >= budget
+            return result.finish_reason == "length"
+        return tokens >= budget
 
     def score(
         self, prompts: Sequence[Sequence[Message]], goldens: Sequence[str]
@@ -177,9 +188,11 @@ class RemoteEvaluator:
         return result
 
     def activate(self, info: CheckpointInfo, model_id: str) -> None:
-        """Register the checkpoint under its id and make it the served model."""
-        if self.client.active_model() == model_id:
-            return
+        """Register the checkpoint under its id and make it the served model.
+
+        Always, even when the server already serves that id: a checkpoint rewritten in place
+        (or retried after a failure) keeps its id, and the server must load what is on disk.
+        """
         tags = f"step{info.step},tunewatch" if info.step is not None else "tunewatch"
         self.client.register(model_id, str(info.path), tags)
         self.client.set_active(model_id)

@@ -20,6 +20,7 @@ The API (JSON both ways):
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -52,19 +53,23 @@ class RemoteStats:
         self.job_failures = dict.fromkeys(JOB_FAILURE_REASONS, 0)
 
     def job_done(self, seconds: float) -> None:
+        """A job answered after `seconds` in flight."""
         with self._lock:
             self.jobs += 1
             self.job_seconds += seconds
 
     def retried(self, reason: str) -> None:
+        """A request failed with `reason` (RETRY_REASONS) and is tried again."""
         with self._lock:
             self.retries[reason] += 1
 
     def job_failed(self, reason: str) -> None:
+        """A job gave no answer, for `reason` (JOB_FAILURE_REASONS)."""
         with self._lock:
             self.job_failures[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
+        """A consistent copy for one scrape."""
         with self._lock:
             return {"jobs": self.jobs, "job_seconds": self.job_seconds,
                     "retries": dict(self.retries), "job_failures": dict(self.job_failures)}
@@ -113,7 +118,9 @@ class InferenceClient:
 
     # ------------------------------------------------------------------ transport
 
-    def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    def _once(self, method: str, path: str, body: dict[str, Any] | None,
+              parse: bool = True) -> Any:
+        """One HTTP exchange; the JSON answer (None when `parse` is off)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             f"{self.base}{path}", data=data, method=method,
@@ -124,27 +131,35 @@ class InferenceClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise _HTTPStatusError(exc.code, exc.read().decode(errors="replace")) from exc
+        if not parse:
+            return None
         try:
             return json.loads(raw) if raw else {}
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+            self.stats.job_failed("bad_response")
             raise EvaluationError(
                 "remote_job", f"{self.base}{path} answered with invalid JSON: {exc}") from exc
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                parse: bool = True) -> Any:
         """One API call; refused connections, timeouts and 5xx are retried, then raised.
 
-        A 4xx is the caller's to interpret (raised as _HTTPStatusError at once).
+        A 4xx is the caller's to interpret (raised as _HTTPStatusError at once). A POST
+        /generate retried after a timeout may leave a duplicate job on the server; its
+        result is never read, so it costs the server time but changes no figure.
         """
         wait = self.cfg.retry_backoff_seconds
         for attempt in range(1, self.cfg.request_retries + 1):
             try:
-                return self._once(method, path, body)
+                return self._once(method, path, body, parse)
             except _HTTPStatusError as exc:
                 if exc.status < 500:
                     raise
                 reason, detail = "server_error", str(exc)
-            except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
-                reason, detail = "connection", str(getattr(exc, "reason", exc))
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                # refused, reset, timed out, or not HTTP at all (a bad status line, a body
+                # cut short): the server is not answering properly
+                reason, detail = "connection", str(getattr(exc, "reason", exc)) or repr(exc)
             if attempt == self.cfg.request_retries:
                 raise EvaluationError(
                     "remote_unavailable",
@@ -171,7 +186,7 @@ class InferenceClient:
     def health(self) -> None:
         """Raise remote_unavailable unless /health answers 200."""
         try:
-            self.request("GET", "/health")
+            self.request("GET", "/health", parse=False)  # any 200 body: seed 000's is text
         except _HTTPStatusError as exc:
             raise EvaluationError(
                 "remote_unavailable", f"inference server {self.base} is unhealthy: {exc}"
@@ -193,10 +208,12 @@ class InferenceClient:
         return model
 
     def register(self, model_id: str, path: str, tags: str) -> None:
+        """Make the checkpoint at `path` known to the server as `model_id` (not served yet)."""
         self._call("POST", "/models/register", {
             "id": model_id, "source": self.cfg.source, "tags": tags, "path": path})
 
     def set_active(self, model_id: str) -> None:
+        """Serve `model_id` from now on (the server loads it)."""
         self._call("POST", "/models/set_active", {"id": model_id})
 
     # ------------------------------------------------------------------ jobs
@@ -219,26 +236,36 @@ class InferenceClient:
         A sliding window keeps the server busy without flooding its queue: a new job is
         queued as soon as one is done. Polling backs off exponentially while nothing
         finishes (poll_initial_seconds doubling to poll_max_seconds) and starts again from
-        the initial delay when something does. Each job has job_timeout_seconds from its
-        submission; one past it fails the lot (remote_timeout).
+        the initial delay when something does.
+
+        A job's job_timeout_seconds start when it becomes the oldest job in flight (on a
+        server that works one job at a time, when its turn comes), so the queue ahead of it
+        is not counted against it; the oldest job past its time fails the call
+        (remote_timeout), checked in every round.
         """
         results: list[JobResult | None] = [None] * len(prompts)
         inflight: dict[str, tuple[int, float]] = {}
         queued = 0
         delay = self.cfg.poll_initial_seconds
+        head: tuple[str, float] | None = None
         while queued < len(prompts) or inflight:
             while queued < len(prompts) and len(inflight) < window:
                 inflight[self.submit(prompts[queued], max_tokens, stops)] = (
                     queued, self.clock())
                 queued += 1
-            if self._collect(inflight, results):
-                delay = self.cfg.poll_initial_seconds
+            progressed = self._collect(inflight, results)
+            if not inflight:
                 continue
             now = self.clock()
-            oldest = min(t for _i, t in inflight.values())
-            if now - oldest >= self.cfg.job_timeout_seconds:
-                self._timed_out(inflight, now)
-            self.sleep(min(delay, oldest + self.cfg.job_timeout_seconds - now))
+            oldest = next(iter(inflight))
+            if head is None or head[0] != oldest:
+                head = (oldest, now)
+            if now - head[1] >= self.cfg.job_timeout_seconds:
+                self._timed_out(oldest)
+            if progressed:
+                delay = self.cfg.poll_initial_seconds
+                continue
+            self.sleep(min(delay, head[1] + self.cfg.job_timeout_seconds - now))
             delay = min(delay * 2, self.cfg.poll_max_seconds)
         return [r for r in results if r is not None]
 
@@ -255,13 +282,11 @@ class InferenceClient:
                 progressed = True
         return progressed
 
-    def _timed_out(self, inflight: dict[str, tuple[int, float]], now: float) -> None:
-        late = [t for _i, t in inflight.values() if now - t >= self.cfg.job_timeout_seconds]
-        for _ in late:
-            self.stats.job_failed("timeout")
+    def _timed_out(self, job: str) -> None:
+        self.stats.job_failed("timeout")
         raise EvaluationError(
             "remote_timeout",
-            f"inference server {self.base}: {len(late)} job(s) not done after"
+            f"inference server {self.base}: job {job} not done after"
             f" {self.cfg.job_timeout_seconds:g}s")
 
     def _poll(self, job: str) -> JobResult | None:
@@ -288,10 +313,21 @@ class InferenceClient:
         if not (isinstance(tokens, list) and isinstance(logprobs, list)
                 and len(tokens) == len(logprobs)):
             tokens, logprobs = None, None
+        elif not all(isinstance(t, str) for t in tokens) or not all(
+                _is_number(v) for v in logprobs):
+            self.stats.job_failed("bad_response")
+            raise EvaluationError("remote_job", f"job {job}: tokens or token_logprobs are"
+                                  " not strings and numbers")
         ms = result.get("inference_time_ms")
+        model, finish = result.get("model"), result.get("finish_reason")
         return JobResult(
-            text=text, model=result.get("model"), finish_reason=result.get("finish_reason"),
-            tokens=[str(t) for t in tokens] if tokens is not None else None,
+            text=text, model=model if isinstance(model, str) else None,
+            finish_reason=finish if isinstance(finish, str) else None,
+            tokens=tokens,
             token_logprobs=[float(v) for v in logprobs] if logprobs is not None else None,
-            inference_seconds=float(ms) / 1000.0 if isinstance(ms, (int, float)) else None,
+            inference_seconds=float(ms) / 1000.0 if _is_number(ms) else None,
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -34,7 +34,7 @@ from evaluators.remote.client import InferenceClient
 
 log = logging.getLogger(__name__)
 
-DEPLOY_FAILURE_REASONS = ("remote", "checkpoint_missing")
+DEPLOY_FAILURE_REASONS = ("remote", "checkpoint_missing", "history_write")
 
 
 class DeployError(Exception):
@@ -51,7 +51,31 @@ class History:
 
     @property
     def deployed(self) -> dict[str, Any] | None:
+        """The deployment in force (the top of the stack), None when there is none."""
         return self.stack[-1] if self.stack else None
+
+    @property
+    def intended(self) -> str | None:
+        """The model the server should serve: the deployed one, or what the last rollback
+        went back to when it emptied the stack; None when the history says nothing."""
+        if self.stack:
+            return str(self.stack[-1]["model_id"])
+        rollbacks = [r for r in self.records if r["action"] == "rollback"]
+        return str(rollbacks[-1]["model_id"]) if rollbacks else None
+
+
+def _valid(record: Any) -> str | None:
+    """Why a history record cannot be used, None when it can."""
+    if not isinstance(record, dict) or record.get("action") not in ("deploy", "rollback"):
+        return "not a deploy or rollback record"
+    if not isinstance(record.get("model_id"), str) or not record["model_id"]:
+        return "no model_id"
+    step, at = record.get("step"), record.get("at", 0)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        return "step is not an integer"
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        return "at is not a number"
+    return None
 
 
 def read_history(path: Path) -> History:
@@ -66,10 +90,11 @@ def read_history(path: Path) -> History:
             except json.JSONDecodeError as exc:
                 log.error("%s:%d: not JSON (%s); line skipped", path, number, exc.msg)
                 continue
-            if isinstance(record, dict) and record.get("action") in ("deploy", "rollback"):
+            problem = _valid(record)
+            if problem is None:
                 records.append(record)
             else:
-                log.error("%s:%d: not a deploy or rollback record; line skipped", path, number)
+                log.error("%s:%d: %s; line skipped", path, number, problem)
     stack: list[dict[str, Any]] = []
     rejected: set[str] = set()
     for record in records:
@@ -90,15 +115,22 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 
 class Deployer:
-    """Deploys checkpoints to the inference server and keeps the history (thread-safe)."""
+    """Deploys checkpoints to the inference server and keeps the history (thread-safe).
+
+    One deployment or rollback at a time (`_deploy_lock`, held across the HTTP calls);
+    scrapes read the cached history and counters under `_lock` and never wait for the
+    server.
+    """
 
     def __init__(self, client: InferenceClient, history_path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.history_path = history_path
         self.clock = clock
+        self._deploy_lock = threading.Lock()
         self._lock = threading.Lock()
         self.failures = dict.fromkeys(DEPLOY_FAILURE_REASONS, 0)
+        self.original: str | None = None
         self._cached: tuple[tuple[int, int], History] | None = None
 
     def _history(self) -> History:
@@ -108,35 +140,51 @@ class Deployer:
             key = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             key = (0, -1)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, read_history(self.history_path))
-        return self._cached[1]
+        with self._lock:
+            if self._cached is None or self._cached[0] != key:
+                self._cached = (key, read_history(self.history_path))
+            return self._cached[1]
+
+    def note_served(self) -> None:
+        """Remember what the server serves before tunewatch changes it (call once at start).
+
+        The first deployment records it as what it replaced, even when an evaluation with
+        remote.activate has switched the server in between. Never raises.
+        """
+        try:
+            self.original = self.client.active_model()
+        except EvaluationError as exc:
+            log.warning("cannot ask %s what it serves: %s", self.client.base, exc)
 
     def deploy(self, model_id: str, path: Path, step: int) -> bool:
         """Make `model_id` (checkpoint at `path`) the served model; True if it changed.
 
-        Also re-activates the deployed model when something else is served (an evaluation
-        with remote.activate switched it), without a new history record.
+        Also puts the intended model back when something else is served (an evaluation
+        with remote.activate switched it), without a new history record; a model a person
+        rolled back is not deployed again.
         """
-        with self._lock:
-            history = read_history(self.history_path)
+        with self._deploy_lock:
+            history = self._history()
             if model_id in history.rejected:
                 log.info("not deploying %s: it was rolled back", model_id)
+                self._serve(history.intended)
                 return False
             served = self.client.active_model()
             deployed = history.deployed
             if deployed is not None and deployed["model_id"] == model_id:
-                if served != model_id:
-                    self.client.set_active(model_id)
-                    log.info("inference server serves %s again", model_id)
+                self._serve(model_id, served)
                 return False
             if not path.is_dir():
-                self.failures["checkpoint_missing"] += 1
+                self._count("checkpoint_missing")
                 log.error("cannot deploy %s: %s is gone", model_id, path)
+                self._serve(history.intended, served)
                 return False
             self.client.register(model_id, str(path), f"step{step},tunewatch,best")
             self.client.set_active(model_id)
-            previous = deployed["model_id"] if deployed is not None else served
+            previous = deployed["model_id"] if deployed is not None else (
+                self.original or served)
+            if previous == model_id:
+                previous = None
             _append(self.history_path, {
                 "at": self.clock(), "action": "deploy", "model_id": model_id, "step": step,
                 "checkpoint": path.name, "path": str(path), "previous": previous})
@@ -144,20 +192,37 @@ class Deployer:
                      self.client.base, previous or "no model")
             return True
 
+    def _serve(self, model_id: str | None, served: str | None = None) -> None:
+        """Switch the server back to `model_id` if it serves something else."""
+        if model_id is None:
+            return
+        if served is None:
+            served = self.client.active_model()
+        if served != model_id:
+            self.client.set_active(model_id)
+            log.info("inference server %s serves %s again", self.client.base, model_id)
+
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self.failures[reason] += 1
+
     def deploy_quietly(self, model_id: str, path: Path, step: int) -> None:
         """`deploy` for the daemon: a failure is logged and counted, never raised."""
         try:
             self.deploy(model_id, path, step)
         except EvaluationError as exc:
-            with self._lock:
-                self.failures["remote"] += 1
+            self._count("remote")
             log.error("cannot deploy %s to %s: %s [reason=%s]", model_id, self.client.base,
                       exc, exc.reason)
+        except OSError as exc:
+            self._count("history_write")
+            log.error("deployed %s but cannot record it in %s: %s (a rollback will not know"
+                      " it)", model_id, self.history_path, exc)
 
     def rollback(self) -> dict[str, Any]:
         """Re-activate what the last deployment replaced; returns the rollback record."""
-        with self._lock:
-            history = read_history(self.history_path)
+        with self._deploy_lock:
+            history = self._history()
             top = history.deployed
             if top is None:
                 raise DeployError(f"nothing to roll back: {self.history_path} records no"
@@ -176,8 +241,8 @@ class Deployer:
 
     def samples(self) -> dict[str, Any]:
         """Figures for /metrics: deployments recorded, deployed step, failures."""
+        history = self._history()
         with self._lock:
-            history = self._history()
             failures = dict(self.failures)
         deployed = history.deployed
         return {

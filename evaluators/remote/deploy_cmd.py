@@ -26,6 +26,7 @@ log = logging.getLogger("tunewatch.deploy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tunewatch deploy status|rollback [--url URL] [--history FILE] [--json]`."""
     parser.add_argument("action", choices=("status", "rollback"),
                         help="status: served model and history; rollback: undo the last deploy")
     parser.add_argument("--url", default=None, help="override evaluator.remote.url")
@@ -63,10 +64,12 @@ def _status(client: InferenceClient, path: Path, as_json: bool) -> int:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    """Exit 0 done, 1 the server or the history refused, 2 (UsageError) no server URL."""
     ev = cfg.evaluator
     url = args.url if args.url is not None else ev.remote.url
-    if not url:
-        raise UsageError("no inference server: set evaluator.remote.url or pass --url")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"no inference server URL (got {url!r}): set evaluator.remote.url"
+                         " or pass --url http://HOST:PORT")
     remote = dataclasses.replace(ev.remote, url=url)
     path = Path(args.history) if args.history else history_path(ev)
     try:
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         record = Deployer(client, path).rollback()
     except (EvaluationError, DeployError) as exc:
         log.error("cannot %s: %s", args.action, exc)
+        return 1
+    except OSError as exc:  # the history could not be written after the server switched
+        log.error("cannot %s: the server was switched but %s could not be written: %s",
+                  args.action, path, exc)
         return 1
     sys.stdout.write(f"{client.base} serves {record['model_id']} again"
                      f" (rolled back {record['previous']})\n")
