@@ -24,6 +24,8 @@ from tunewatch.config import Config, EvaluatorConfig
 
 log = logging.getLogger("tunewatch.deploy")
 
+ACTIONS = {"status": "show the deployment status", "rollback": "roll back"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`tunewatch deploy status|rollback [--url URL] [--history FILE] [--json]`."""
@@ -78,11 +80,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             return _status(client, path, args.json)
         record = Deployer(client, path).rollback()
     except (EvaluationError, DeployError) as exc:
-        log.error("cannot %s: %s", args.action, exc)
+        log.error("cannot %s: %s", ACTIONS[args.action], exc)
         return 1
     except OSError as exc:  # the history could not be written after the server switched
         log.error("cannot %s: the server was switched but %s could not be written: %s",
-                  args.action, path, exc)
+                  ACTIONS[args.action], path, exc)
         return 1
     sys.stdout.write(f"{client.base} serves {record['model_id']} again"
                      f" (rolled back {record['previous']})\n")
