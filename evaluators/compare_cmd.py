@@ -22,6 +22,11 @@ from evaluators.compare import Comparison, Paired, compare
 from evaluators.data import load_suite
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_checkpoint
+from evaluators.remote.backend import (
+    RemoteEvaluator,
+    add_backend_arguments,
+    with_backend_arguments,
+)
 from tunewatch.cli import UsageError
 from tunewatch.config import Config, EvaluatorConfig
 
@@ -37,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare on a quick subset of N examples")
     parser.add_argument("--device", default=None, help="override evaluator.device")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_backend_arguments(parser)
 
 
 def outcomes(result: EvalResult) -> dict[str, tuple[bool, str]]:
@@ -91,13 +97,17 @@ def to_json(a: EvalResult, b: EvalResult, comp: Comparison) -> str:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    ev: EvaluatorConfig = dataclasses.replace(
+    ev: EvaluatorConfig = with_backend_arguments(dataclasses.replace(
         cfg.evaluator, **{k: v for k, v in (("data", args.data), ("device", args.device))
-                          if v is not None})
+                          if v is not None}), args)
     try:
+        # Through the inference server, each checkpoint must be the served one in turn:
+        # remote.activate switches it (otherwise the second is refused as the wrong model).
+        evaluate = (RemoteEvaluator(ev, cfg.run) if ev.backend == "remote"
+                    else evaluate_checkpoint)
         suite = load_suite(Path(ev.data), ev.files)
-        a = evaluate_checkpoint(args.checkpoint_a, ev, suite=suite, limit=args.limit)
-        b = evaluate_checkpoint(args.checkpoint_b, ev, suite=suite, limit=args.limit)
+        a = evaluate(args.checkpoint_a, ev, suite=suite, limit=args.limit)
+        b = evaluate(args.checkpoint_b, ev, suite=suite, limit=args.limit)
     except EvaluationError as exc:
         log.error("cannot compare: %s [reason=%s]", exc, exc.reason)
         return 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import json
 import os
 import socketserver
 import subprocess
@@ -340,3 +341,35 @@ def test_backend_flags_are_checked_like_the_configuration(tiny_run, last) -> Non
         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 2
     assert "evaluator.remote.url" in done.stderr
+
+
+def test_compare_through_the_server_switches_it_and_equals_the_local_table(
+    server, tiny_run, last
+) -> None:
+    """`tunewatch compare A B --backend remote` with activate gives the local table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
+    env.update({"TUNEWATCH_RUN": RUN, "TUNEWATCH_EVALUATOR__DEVICE": "cpu"})
+    first = tiny_run.checkpoints[0]
+    args = [sys.executable, "-m", "tunewatch", "compare", str(first), str(last), "--data",
+            str(tiny_run.data_dir), "--limit", "40", "--json"]
+
+    def table(*extra: str, **more_env: str) -> dict[str, object]:
+        done = subprocess.run([*args, *extra], capture_output=True, text=True,
+                              env={**env, **more_env}, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    try:
+        remote = table("--backend", "remote", "--remote-url", server.url,
+                       TUNEWATCH_EVALUATOR__REMOTE__ACTIVATE="true")
+        # Without activate the first checkpoint is not the served one: refused.
+        refused = subprocess.run([*args, "--backend", "remote", "--remote-url", server.url],
+                                 capture_output=True, text=True, env=env, timeout=300,
+                                 check=False)
+    finally:
+        InferenceClient(remote_cfg(server.url).remote).set_active(model_id(last))
+    local = table()
+    assert remote["overall"] == local["overall"]
+    assert (remote["both_right"], remote["both_wrong"]) == (local["both_right"],
+                                                            local["both_wrong"])
+    assert refused.returncode == 1 and "reason=wrong_model" in refused.stderr
