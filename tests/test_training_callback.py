@@ -59,7 +59,7 @@ def test_trainer_run_seen_by_prometheus(prometheus, tiny_parts, tmp_path: Path, 
     def train() -> None:
         tinymodel.train(model, tokenizer, pairs, tmp_path / "ckpt", max_steps=MAX_STEPS,
                         save_steps=75, seed=0, spec=spec,
-                        callbacks=[callback, PaceCallback(0.05)])
+                        callbacks=[callback, PaceCallback(0.1)])
         done["end"] = time.time()
 
     thread = threading.Thread(target=train, daemon=True)
@@ -84,7 +84,10 @@ def test_trainer_run_seen_by_prometheus(prometheus, tiny_parts, tmp_path: Path, 
         thread.join(120)
         assert not thread.is_alive()
         real = done["end"] - eta_at
-        assert abs(eta - real) <= 0.25 * real, f"ETA {eta:.1f}s, really {real:.1f}s"
+        # The ETA sample is up to one scrape plus one rule evaluation old when queried
+        # (1 s each here): that lag is allowed on top of the 25%.
+        lag = 2 * 1.0
+        assert abs(eta - real) <= 0.25 * real + lag, f"ETA {eta:.1f}s, really {real:.1f}s"
         prometheus.wait_value(f'tunewatch_training_state{{job="{JOB}",state="completed"}}',
                               lambda v: v == 1, 30)
         assert prometheus.value(f"tunewatch_training_step{sel}") == MAX_STEPS
