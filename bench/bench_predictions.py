@@ -75,11 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-predictions-") as tmp:
         work = Path(tmp)
-        checkpoint, data = args.checkpoint, args.data
-        if checkpoint is None or data is None:
-            from tunewatch.tinymodel import quick_checkpoint
+        from tunewatch.tinymodel import given_or_quick
 
-            checkpoint, data = quick_checkpoint(work / "tiny")
+        checkpoint, data = given_or_quick(args.checkpoint, args.data, work)
         figures = measure(checkpoint, data, args.rounds, work)
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")

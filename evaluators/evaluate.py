@@ -277,6 +277,14 @@ def evaluate_with_backend(
     return EvalResult(checkpoint, step, summary, info, overall, breakdowns, outcomes)
 
 
+def suite_for(cfg: EvaluatorConfig, suite: Suite | None,
+              data_dir: Path | str | None) -> Suite:
+    """`suite` if given, else the one read from `data_dir`, else from cfg.data."""
+    if suite is not None:
+        return suite
+    return load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
+
+
 def evaluate_checkpoint(
     checkpoint: Path | str,
     cfg: EvaluatorConfig,
@@ -294,8 +302,7 @@ def evaluate_checkpoint(
     """
     from evaluators.backend import LocalBackend
 
-    if suite is None:
-        suite = load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
+    suite = suite_for(cfg, suite, data_dir)
     backend, info = LocalBackend.load(
         checkpoint, device=cfg.device, dtype=cfg.dtype, no_chat_template=cfg.no_chat_template
     )

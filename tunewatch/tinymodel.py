@@ -425,6 +425,15 @@ def degrade_checkpoint(src: Path, dst: Path, noise: float, seed: int) -> Path:
     return dst
 
 
+def given_or_quick(checkpoint: Path | None, data: Path | None,
+                   workdir: Path) -> tuple[Path, Path]:
+    """A benchmark's --checkpoint and --data when both are given, else a quick checkpoint
+    trained under `workdir` (and its suite)."""
+    if checkpoint is not None and data is not None:
+        return checkpoint, data
+    return quick_checkpoint(workdir / "tiny")
+
+
 def quick_checkpoint(workdir: Path, steps: int = 50) -> tuple[Path, Path]:
     """(checkpoint, suite directory) of a briefly trained tiny model, for benchmarks that
     time machinery around a checkpoint rather than what it learnt."""

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from evaluators.backend import Generation, GoldenScore, PromptRenderer, stop_cut
 from evaluators.checkpoint import CheckpointInfo, inspect_checkpoint
-from evaluators.data import Message, Suite, load_suite
+from evaluators.data import Message, Suite
 from evaluators.errors import EvaluationError
-from evaluators.evaluate import EvalResult, evaluate_with_backend
+from evaluators.evaluate import EvalResult, evaluate_with_backend, suite_for
 from evaluators.remote.client import InferenceClient, JobResult, RemoteStats
 from tunewatch.cli import UsageError
 from tunewatch.config import EvaluatorConfig, RemoteConfig, remote_errors
@@ -170,8 +170,8 @@ class RemoteEvaluator:
         limit: int | None = None,
         show_progress: bool | None = None,
     ) -> EvalResult:
-        if suite is None:
-            suite = load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
+        """Evaluate one checkpoint through the server (evaluate_checkpoint's signature)."""
+        suite = suite_for(cfg, suite, data_dir)
         info = inspect_checkpoint(checkpoint)
         self.client.health()
         model_id = model_id_for(self.remote, self.run, info.path, info.step)
