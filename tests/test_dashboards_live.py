@@ -475,26 +475,42 @@ def test_a_broken_panel_fails_the_check(stack: Stack):
 
 def test_evaluation_panels_return_data_for_each_run(stack: Stack, tiny_run,
                                                     tmp_path: Path):
-    """The evaluator daemon on the tiny model's three real checkpoints."""
+    """The evaluator daemon on the tiny model's three real checkpoints, twice: with the
+    local backend, and through the test inference server with deploy_best (the
+    inference-server row)."""
+    from inference_server import InferenceServer
+
     checkpoints = tmp_path / "checkpoints"
     for source in tiny_run.checkpoints:
         shutil.copytree(source, checkpoints / Path(source).name)
     env = {"TUNEWATCH_RUN": RUN, "TUNEWATCH_EVALUATOR__DEVICE": "cpu",
                 "TUNEWATCH_EVALUATOR__BATCH_SIZE": "64",
                 "TUNEWATCH_EVALUATOR__SETTLE_SECONDS": "1"}
-    evaluator = Tunewatch("evaluator", tmp_path)
-    evaluator.start(["evaluate", "--checkpoints", str(checkpoints), "--data",
-                     str(tiny_run.data_dir), "--state-dir", str(tmp_path / "state")],
-                    env=env)
+    server = InferenceServer(tmp_path / "server", checkpoint=tiny_run.checkpoints[0],
+                             model_id="base").start()
+    remote_env = {**env, "TUNEWATCH_EVALUATOR__BACKEND": "remote",
+                  "TUNEWATCH_EVALUATOR__REMOTE__URL": server.url,
+                  "TUNEWATCH_EVALUATOR__REMOTE__ACTIVATE": "true",
+                  "TUNEWATCH_EVALUATOR__REMOTE__DEPLOY_BEST": "true"}
+    evaluators = {"evaluator": Tunewatch("evaluator", tmp_path),
+                  "evaluator-remote": Tunewatch("evaluator-remote", tmp_path)}
     try:
-        stack.prom.add_target("evaluator", evaluator.address,
-                              {"host": HOSTS["eval"], "role": "eval"})
-        wait_for(lambda: stack.prom.value(
-            'tunewatch_eval_evaluations_total{job="evaluator"}') == len(tiny_run.checkpoints),
-            timeout=400, what=f"the evaluator to evaluate every checkpoint: "
-                              f"{evaluator.log_tail()}", interval=2)
+        for job, evaluator in evaluators.items():
+            evaluator.start(["evaluate", "--checkpoints", str(checkpoints), "--data",
+                             str(tiny_run.data_dir), "--state-dir", str(tmp_path / job)],
+                            env=remote_env if job.endswith("remote") else env)
+            stack.prom.add_target(job, evaluator.address,
+                                  {"host": HOSTS["eval"], "role": "eval"})
+        for job, evaluator in evaluators.items():
+            wait_for(lambda job=job: stack.prom.value(
+                f'tunewatch_eval_evaluations_total{{job="{job}"}}') == len(
+                    tiny_run.checkpoints),
+                timeout=400, what=f"{job} to evaluate every checkpoint: "
+                                  f"{evaluator.log_tail()}", interval=2)
         problems = wait_for_panels(stack.prom, load("evaluation"), timeout=60)
         assert not problems, "\n".join(problems)
     finally:
-        stack.prom.remove_target("evaluator")
-        evaluator.stop()
+        for job, evaluator in evaluators.items():
+            stack.prom.remove_target(job)
+            evaluator.stop()
+        server.stop()

@@ -147,4 +147,42 @@ def build() -> db.Dashboard:
                    "B", [dm.DynamicConfigValue(id_val="unit", value="percentunit"),
                          dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
                          dm.DynamicConfigValue(id_val="max", value=1)]), 8, 8)
+    inference_server_row(lay)
     return d
+
+
+def inference_server_row(lay: Layout) -> None:
+    """Evaluation through the inference server and deployment of the best checkpoint
+    (docs/remote.md): empty for an evaluator with the local backend and no deploy_best."""
+    rate = "[$__rate_interval]"
+    lay.row("Inference server (backend: remote, deploy_best)")
+    lay.add(ts("Inference server jobs", "Generation jobs answered per second, jobs that "
+               "gave no answer (timeout, failed, bad_response) and retried requests "
+               "(connection, server_error), per second.", "reqps",
+               [target(of_run(f"sum by (job, instance) (rate("
+                              f"tunewatch_eval_remote_jobs_total{rate}))"), "answered"),
+                target(of_run(f"sum by (job, instance, reason) (rate("
+                              f"tunewatch_eval_remote_job_failures_total{rate}))"),
+                       "no answer: {{reason}}", "B"),
+                target(of_run(f"sum by (job, instance, reason) (rate("
+                              f"tunewatch_eval_remote_request_retries_total{rate}))"),
+                       "retried: {{reason}}", "C")],
+               thresholds(0.1, 1), [runbook_link("evaluatorfailing")], 0), 8, 8)
+    lay.add(ts("Mean wait per job", "From queueing a job to its answer, averaged over the "
+               "jobs answered in each interval (server queue plus generation).", "s",
+               [target(of_run(f"rate(tunewatch_eval_remote_job_wait_seconds_total{rate})"
+                              f" / (rate(tunewatch_eval_remote_jobs_total{rate}) > 0)"),
+                       "mean wait")],
+               thresholds(30, 120), [runbook_link("evaluatorfailing")], 0), 8, 8)
+    lay.add(stat_panel("Deployed step", "Step of the checkpoint deployed to the inference "
+                       "server (remote.deploy_best); `tunewatch deploy status` has the "
+                       "history.", "none",
+                       [target(of_run("tunewatch_eval_deployed_checkpoint_step"), "deployed",
+                               instant=True)],
+                       thresholds(1e12, 1e13), light=False), 4, 8)
+    lay.add(stat_panel("Deployment failures", "Failed deployments of the best checkpoint "
+                       "over the time range, all reasons.", "none",
+                       [target(of_run("sum by (job, instance) (increase("
+                                      "tunewatch_eval_deployment_failures_total[$__range]))"),
+                               "failures", instant=True)],
+                       thresholds(1, 3), [runbook_link("evaldeploymentfailing")]), 4, 8)
