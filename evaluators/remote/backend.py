@@ -103,13 +103,14 @@ class RemoteBackend:
         if cut is not None:
             text = text[:cut]
         tokens, logprobs = result.tokens, result.token_logprobs
+        finished = ended or cut is not None
         if tokens is not None and logprobs is not None:
-            count = _tokens_covering(tokens, len(text))
-            tokens, logprobs = tokens[:count], logprobs[:count]
+            if finished:  # token texts may over-count split multi-byte characters: cut only
+                count = _tokens_covering(tokens, len(text))  # when the text was cut
+                tokens, logprobs = tokens[:count], logprobs[:count]
         else:
             ids = self.prompts.tokenizer(text, add_special_tokens=False)["input_ids"]
             tokens = [self.prompts.tokenizer.decode([i]) for i in ids]
-        finished = ended or cut is not None
         return Generation(text, tokens, logprobs,
                           truncated=self._truncated(result, finished, len(tokens),
                                                     max_new_tokens))
