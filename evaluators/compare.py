@@ -5,8 +5,9 @@ intervals overlap too much to tell. Comparing the same examples, only the discor
 carry information: `fixed` (wrong before, right now) and `broken` (right before, wrong now).
 The exact McNemar test on them says how likely such a split is with no real change.
 
-- difference: EM(now) - EM(baseline) on the paired examples, with a Wald interval for a
-  paired difference, sqrt((b + c) - (b - c)^2 / n) / n * z (Agresti & Min), clipped to [-1, 1].
+- difference: EM(now) - EM(baseline) on the paired examples, with Newcombe's square-and-add
+  interval for a paired difference (evaluators/stats.py: good coverage at small counts, and
+  a real width when no pair is discordant, where the Wald interval collapses to a point).
 - regression (DESIGN section 9): a drop of at least `min_drop_overall` overall (or
   `min_drop_per_difficulty` in one difficulty) whose McNemar p-value on those paired
   examples is below `max_p_value`.
@@ -15,11 +16,10 @@ The exact McNemar test on them says how likely such a split is with no real chan
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from evaluators.stats import mcnemar_exact_p, z_for
+from evaluators.stats import PairedTable, mcnemar_exact_p, paired_difference_interval
 from tunewatch.config import RegressionConfig
 
 # An outcome as kept in the state file: example key -> (exact match, difficulty).
@@ -57,16 +57,16 @@ def paired(now: Sequence[bool], before: Sequence[bool], confidence_level: float 
     n = len(now)
     if n < 1:
         raise ValueError("a paired comparison needs at least one example")
-    fixed = sum(1 for a, b in zip(now, before, strict=True) if a and not b)
-    broken = sum(1 for a, b in zip(now, before, strict=True) if b and not a)
-    diff = (fixed - broken) / n
-    z = z_for(confidence_level)
-    spread = max(0.0, (fixed + broken) - (fixed - broken) ** 2 / n)
-    half = z * math.sqrt(spread) / n
+    pairs = list(zip(now, before, strict=True))
+    fixed = sum(1 for a, b in pairs if a and not b)
+    broken = sum(1 for a, b in pairs if b and not a)
+    both = sum(1 for a, b in pairs if a and b)
+    table = PairedTable(both=both, fixed=fixed, broken=broken,
+                        neither=n - both - fixed - broken)
+    low, high = paired_difference_interval(table, confidence_level)
     return Paired(
         examples=n, fixed=fixed, broken=broken, p_value=mcnemar_exact_p(broken, fixed),
-        difference=diff, difference_low=max(-1.0, diff - half),
-        difference_high=min(1.0, diff + half),
+        difference=(fixed - broken) / n, difference_low=low, difference_high=high,
     )
 
 

@@ -8,6 +8,9 @@ the benchmark and the tests share one definition:
   it stays inside [0, 1] and is sensible at 0/50 or 50/50.
 - `mcnemar_exact_p`: the exact two-sided McNemar test on paired outcomes (same examples, two
   checkpoints), i.e. a two-sided binomial test of the discordant pairs b, c against p = 1/2.
+- `paired_difference_interval`: Newcombe's square-and-add interval (his method 10) for the
+  difference of two paired rates; unlike the Wald interval it keeps its width with no
+  discordant pairs and its coverage at small counts.
 - `calibration`: answer confidence against correctness in fixed bins, with ECE and Brier.
 """
 
@@ -56,6 +59,68 @@ def wilson_interval(successes: int, total: int, confidence_level: float = 0.95) 
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == total else min(1.0, centre + half)
     return Rate(successes, total, p, low, high)
+
+
+@dataclass(frozen=True)
+class PairedTable:
+    """Outcomes of the same examples under two conditions ("now" against "before")."""
+
+    both: int      # right in both
+    fixed: int     # right now, wrong before
+    broken: int    # wrong now, right before
+    neither: int   # wrong in both
+
+    @property
+    def total(self) -> int:
+        return self.both + self.fixed + self.broken + self.neither
+
+
+def _paired_correlation(t: PairedTable) -> float:
+    """Newcombe's estimate of the correlation of the two paired rates.
+
+    The numerator both*neither - fixed*broken is shrunk towards 0 by n/2 when positive (0
+    inside [0, n/2]); with an empty margin the correlation is taken as 0 (Newcombe 1998,
+    method 10; as in Fagerland, Lydersen and Laake 2017, section 8.5).
+    """
+    n = t.total
+    margins = ((t.both + t.fixed) * (t.broken + t.neither)
+               * (t.both + t.broken) * (t.fixed + t.neither))
+    if margins == 0:
+        return 0.0
+    cross = t.both * t.neither - t.fixed * t.broken
+    if cross > n / 2.0:
+        numerator = cross - n / 2.0
+    elif cross >= 0:
+        numerator = 0.0
+    else:
+        numerator = float(cross)
+    return numerator / math.sqrt(margins)
+
+
+def paired_difference_interval(table: PairedTable,
+                               confidence_level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of rate(now) - rate(before) on paired examples.
+
+    Newcombe's square-and-add method (R. G. Newcombe, Stat Med 1998;17:2635-2650, method
+    10): each rate's Wilson interval, combined with the estimated correlation of the two
+    rates. Why not Wald: Wald has zero width when no pair is discordant (a checkpoint equal
+    to its baseline on 50 examples would claim a difference of exactly 0) and covers
+    poorly at small counts.
+    """
+    n = table.total
+    if n < 1:
+        raise ValueError("a paired comparison needs at least one example")
+    now = wilson_interval(table.both + table.fixed, n, confidence_level)
+    before = wilson_interval(table.both + table.broken, n, confidence_level)
+    phi = _paired_correlation(table)
+    diff = now.value - before.value
+    down_now, up_now = now.value - now.low, now.high - now.value
+    down_before, up_before = before.value - before.low, before.high - before.value
+    low_sq = down_now ** 2 + up_before ** 2 - 2.0 * phi * down_now * up_before
+    high_sq = up_now ** 2 + down_before ** 2 - 2.0 * phi * up_now * down_before
+    low = diff - math.sqrt(max(0.0, low_sq))
+    high = diff + math.sqrt(max(0.0, high_sq))
+    return max(-1.0, low), min(1.0, high)
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from evaluators.compare import compare, paired, rank
 from evaluators.curriculum import recommended_mix
 from evaluators.discovery import Scanner
 from evaluators.state import State, StateError, load, save
-from evaluators.stats import mcnemar_exact_p
+from evaluators.stats import PairedTable, mcnemar_exact_p, paired_difference_interval
 from tunewatch.config import RegressionConfig
 
 
@@ -49,15 +50,69 @@ def test_two_of_fifty_is_noise_twelve_is_not():
     assert large.difference_low < -0.24 < large.difference_high < 0
 
 
-def test_difference_interval_hand_computed():
-    # b = 3 broken, c = 7 fixed over n = 40: diff 0.1, se = sqrt(10 - 16/40) / 40
-    now = [True] * 7 + [False] * 3 + [True] * 10 + [False] * 20
-    before = [False] * 7 + [True] * 3 + [True] * 10 + [False] * 20
+def test_difference_interval_matches_the_published_example():
+    # Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017),
+    # chapter 8, Cavo et al. (2012): paired 2x2 table [[59, 6], [16, 80]], Newcombe's
+    # square-and-add interval: estimate -0.0621, 95% CI -0.1186 to -0.0046.
+    low, high = paired_difference_interval(PairedTable(both=59, fixed=6, broken=16, neither=80))
+    assert (round(low, 4), round(high, 4)) == (-0.1186, -0.0046)
+    now = [True] * 59 + [True] * 6 + [False] * 16 + [False] * 80
+    before = [True] * 59 + [False] * 6 + [True] * 16 + [False] * 80
     p = paired(now, before)
-    se = math.sqrt(10 - 16 / 40) / 40
-    assert p.difference == pytest.approx(0.1)
-    assert p.difference_low == pytest.approx(0.1 - 1.959964 * se, abs=1e-5)
-    assert p.difference_high == pytest.approx(0.1 + 1.959964 * se, abs=1e-5)
+    assert round(p.difference, 4) == -0.0621
+    assert (p.difference_low, p.difference_high) == (low, high)
+
+
+def test_difference_interval_keeps_a_width_without_discordant_pairs():
+    # Wald's interval is the single point 0 here; two equal checkpoints on 50 examples do
+    # not prove their exact match equal.
+    p = paired([True] * 25 + [False] * 25, [True] * 25 + [False] * 25)
+    assert p.difference == 0.0
+    assert p.difference_low < -0.02 and p.difference_high > 0.02
+    assert p.difference_low == pytest.approx(-p.difference_high)
+
+
+def test_difference_interval_is_antisymmetric_and_bounded():
+    table = PairedTable(both=3, fixed=1, broken=9, neither=2)
+    low, high = paired_difference_interval(table)
+    swapped = PairedTable(both=3, fixed=9, broken=1, neither=2)
+    assert paired_difference_interval(swapped) == pytest.approx((-high, -low))
+    assert -1.0 <= low < (1 - 9) / 15 < high <= 1.0
+    all_broken_low, all_broken_high = paired_difference_interval(PairedTable(0, 0, 12, 0))
+    assert all_broken_low == -1.0 < all_broken_high < 0.0
+
+
+def _exact_coverage(n: int, probs: tuple[float, float, float, float],
+                    interval: Callable[[PairedTable], tuple[float, float]]) -> float:
+    """P(interval covers the true difference), summed over every table of n pairs."""
+    theta = probs[1] - probs[2]
+    covered = 0.0
+    for both in range(n + 1):
+        for fixed in range(n + 1 - both):
+            for broken in range(n + 1 - both - fixed):
+                counts = (both, fixed, broken, n - both - fixed - broken)
+                log_p = math.lgamma(n + 1) + sum(k * math.log(p) - math.lgamma(k + 1)
+                                                 for k, p in zip(counts, probs, strict=True))
+                low, high = interval(PairedTable(*counts))
+                if low - 1e-12 <= theta <= high + 1e-12:
+                    covered += math.exp(log_p)
+    return covered
+
+
+def _wald(table: PairedTable) -> tuple[float, float]:
+    n, b, c = table.total, table.broken, table.fixed
+    half = 1.959964 * math.sqrt(max(0.0, (b + c) - (c - b) ** 2 / n)) / n
+    return (c - b) / n - half, (c - b) / n + half
+
+
+@pytest.mark.parametrize("probs", [(0.6, 0.02, 0.08, 0.3), (0.3, 0.1, 0.2, 0.4),
+                                   (0.45, 0.05, 0.1, 0.4)])
+def test_difference_interval_covers_at_small_counts(probs: tuple[float, float, float, float]):
+    # Exact coverage over all 5,456 tables of 30 pairs, for checkpoints that differ on a
+    # few examples: the nominal 95% holds where the Wald interval falls short.
+    newcombe = _exact_coverage(30, probs, paired_difference_interval)
+    assert newcombe >= 0.945
+    assert newcombe > _exact_coverage(30, probs, _wald)
 
 
 def _outcomes(flags: list[bool], difficulty: str = "easy", offset: int = 0):
