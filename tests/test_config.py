@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tunewatch.config import ConfigError, load_config
+from tunewatch.config import ConfigError, as_dict, load_config
 
 
 def test_defaults_follow_the_design_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -54,8 +56,84 @@ def test_wrong_type_and_range_are_named(tmp_path: Path):
 
 
 def test_bad_environment_value_is_named():
-    with pytest.raises(ConfigError, match=r"key 'exporter.max_concurrent_scrapes': expected"):
+    with pytest.raises(ConfigError) as err:
         load_config(None, environ={"TUNEWATCH_EXPORTER__MAX_CONCURRENT_SCRAPES": "lots"})
+    assert ("environment variable TUNEWATCH_EXPORTER__MAX_CONCURRENT_SCRAPES='lots': "
+            "key 'exporter.max_concurrent_scrapes': expected") in str(err.value)
+
+
+def test_three_levels_from_the_environment(tmp_path: Path):
+    path = tmp_path / "tw.yml"
+    path.write_text("evaluator:\n  remote:\n    job_timeout_seconds: 30\n")
+    env = {"TUNEWATCH_EVALUATOR__REMOTE__URL": "http://127.0.0.1:8000",
+           "TUNEWATCH_LOG_LEVEL": "debug"}
+    cfg = load_config(path, environ=env)
+    assert cfg.evaluator.remote.url == "http://127.0.0.1:8000"
+    assert cfg.evaluator.remote.job_timeout_seconds == 30  # the file's sibling key survives
+    assert cfg.log_level == "debug"
+
+
+@pytest.mark.parametrize(("name", "value", "key"), [
+    ("TUNEWATCH_NOSECTION__KEY", "1", "nosection"),
+    ("TUNEWATCH_EVALUATOR__REMOTE__URLL", "http://127.0.0.1:8000", "evaluator.remote.urll"),
+    ("TUNEWATCH_EVALUATOR__NOPE__URL", "x", "evaluator.nope"),
+])
+def test_unknown_environment_key_names_the_variable_not_the_file(
+        tmp_path: Path, name: str, value: str, key: str):
+    path = tmp_path / "tw.yml"
+    path.write_text("run: from-file\nevaluator:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={name: value})
+    message = str(err.value)
+    assert f"environment variable {name}={value!r}: key '{key}': unknown key" in message
+    assert str(path) not in message
+
+
+def test_bad_single_name_value_is_named():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"TUNEWATCH_LOG_LEVEL": "verbose"})
+    assert "environment variable TUNEWATCH_LOG_LEVEL='verbose': key 'log_level'" in str(err.value)
+
+
+@pytest.mark.parametrize("env", [
+    {"TUNEWATCH_EVALUATOR__": "1"},
+    {"TUNEWATCH_EVALUATOR____URL": "1"},
+    {"TUNEWATCH_EVALUATOR__REMOTE": "x", "TUNEWATCH_EVALUATOR__REMOTE__URL": "y"},
+])
+def test_malformed_environment_names_are_errors(env: dict[str, str]):
+    with pytest.raises(ConfigError, match=r"environment variable TUNEWATCH_EVALUATOR__"):
+        load_config(None, environ=env)
+
+
+def test_other_single_names_are_ignored():
+    env = {"TUNEWATCH_TORCH_VERSION": "2.13.0", "TUNEWATCH_BOOTSTRAP_OPTIONAL": "1",
+           "TUNEWATCH_EVALUATOR": "x", "TUNEWATCH_": "y"}
+    assert as_dict(load_config(None, environ=env)) == as_dict(load_config(None, environ={}))
+
+
+def _compose_variables(repo_root: Path) -> dict[str, str]:
+    """Every `${TUNEWATCH_*}` the compose files interpolate, with a value a user would set."""
+    found: dict[str, str] = {}
+    for compose in sorted(repo_root.glob("docker-compose*.yml")):
+        for name, default in re.findall(r"\$\{(TUNEWATCH_\w+)(?::?-([^}]*))?\}",
+                                        compose.read_text()):
+            found[name] = default or "http://127.0.0.1:8000"
+    return found
+
+
+def test_every_compose_variable_exported_at_once_breaks_nothing(repo_root: Path):
+    variables = _compose_variables(repo_root)
+    for name in ("TUNEWATCH_REMOTE_URL", "TUNEWATCH_EVAL_BACKEND", "TUNEWATCH_DATA_ROOT",
+                 "TUNEWATCH_CHECKPOINTS", "TUNEWATCH_SUITE"):
+        assert name in variables  # the documented compose variables are all covered
+    env = {**os.environ, **variables, "TUNEWATCH_TORCH_VERSION": "2.13.0"}
+    env.pop("TUNEWATCH_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunewatch", "--config", str(repo_root / "tunewatch.yml"),
+         "config"], capture_output=True, text=True, check=False, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_garbage_yaml_names_the_line(tmp_path: Path):

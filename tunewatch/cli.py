@@ -16,7 +16,7 @@ import sys
 
 from tunewatch import __version__
 from tunewatch.config import ConfigError, load_config
-from tunewatch.logsetup import setup_logging
+from tunewatch.logsetup import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("tunewatch")
 
@@ -43,6 +43,14 @@ class UsageError(Exception):
     """A problem with what the user asked for: one line, exit status 2, no traceback."""
 
 
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--log.level` and `--log.format`, as promslog-based exporters spell them."""
+    parser.add_argument("--log.level", dest="log_level", default=None, choices=LEVELS,
+                        help="only log messages of this level or above (default: log_level)")
+    parser.add_argument("--log.format", dest="log_format", default=None, choices=FORMATS,
+                        help="text (for a terminal), logfmt or json (default: log_format)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunewatch",
@@ -54,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="path of tunewatch.yml (default: $TUNEWATCH_CONFIG, then ./tunewatch.yml)",
     )
-    parser.add_argument("--log.level", dest="log_level", default=None, help="override log_level")
+    add_log_arguments(parser)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
     for name, (_module, text) in SUBCOMMANDS.items():
@@ -70,18 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"tunewatch {top.command}", description=text)
     sub.add_argument("--config", default=None, help="path of tunewatch.yml (also before COMMAND)")
-    sub.add_argument("--log.level", dest="log_level", default=None, help="override log_level")
+    add_log_arguments(sub)
     module.add_arguments(sub)
     args = sub.parse_args(rest)
     config_path = args.config or top.config
     log_level = args.log_level or top.log_level
+    log_format = args.log_format or top.log_format
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        setup_logging("info")
+        setup_logging("info", log_format or "text")
         log.error("%s", exc)
         return 2
-    setup_logging(log_level or cfg.log_level)
+    setup_logging(log_level or cfg.log_level, log_format or cfg.log_format)
     try:
         return int(module.run(args, cfg) or 0)
     except UsageError as exc:

@@ -5,9 +5,14 @@ agree on names (the run label, directories, ports). Each process reads the same
 `tunewatch.yml` (its path from `--config` or `TUNEWATCH_CONFIG`) and only the sections it
 needs. Every key has a documented default, so an absent file is a valid configuration.
 
-Environment overrides: `TUNEWATCH_<SECTION>__<KEY>` (double underscore between levels), the
-value parsed as a YAML scalar, e.g. `TUNEWATCH_EVALUATOR__BATCH_SIZE=32`. The run label is the
-one exception the design fixes: `TUNEWATCH_RUN` sets `run`.
+Environment overrides: a name with a double underscore is configuration,
+`TUNEWATCH_<SECTION>__<KEY>` (one `__` between levels: `TUNEWATCH_EVALUATOR__REMOTE__URL` is
+three), the value parsed as a YAML scalar, e.g. `TUNEWATCH_EVALUATOR__BATCH_SIZE=32`; an unknown
+section or key there is an error naming the variable and its value. Three single names are
+read: `TUNEWATCH_RUN` (the run label, fixed by the design), `TUNEWATCH_LOG_LEVEL` and
+`TUNEWATCH_CONFIG` (the file). Every other `TUNEWATCH_*` name is ignored. Why scoped: users
+export variables of the same prefix for other tools (compose's `TUNEWATCH_REMOTE_URL`, the
+bootstrap's `TUNEWATCH_TORCH_VERSION`); those must never break a command.
 
 Validation happens once at start; each error names the key (and the file and line where the
 value came from), so a typo is found before a long run, not after.
@@ -28,6 +33,9 @@ import yaml
 
 ENV_PREFIX = "TUNEWATCH_"
 ENV_CONFIG_PATH = "TUNEWATCH_CONFIG"
+ENV_LEVEL_SEPARATOR = "__"
+# The single (separator-free) names that are configuration; every other one is ignored.
+ENV_SINGLE_NAMES = {"TUNEWATCH_RUN": "run", "TUNEWATCH_LOG_LEVEL": "log_level"}
 DEFAULT_CONFIG_NAME = "tunewatch.yml"
 
 
@@ -89,6 +97,11 @@ class TrainingConfig:
     queue_dirs: list[QueueDir] = field(default_factory=list)
     stale_after_seconds: float = 300.0
     crash_grace_seconds: float = 30.0
+    # The callback never stops a run: a port it cannot bind is retried this often meanwhile.
+    bind_retry_seconds: float = 10.0
+    # Distinct names of the `metric` label (logged values; evaluation values); the rest are
+    # counted as dropped.
+    max_logged_metrics: int = 64
 
 
 @dataclass
@@ -291,6 +304,7 @@ class Config:
 
     run: str = "default"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "logfmt", "json"] = "text"
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
@@ -314,14 +328,17 @@ def _is_dataclass_type(tp: Any) -> bool:
 class _Validator:
     """Turns plain YAML data into typed dataclasses, collecting every error."""
 
-    def __init__(self, lines: dict[str, int], source: str) -> None:
+    def __init__(self, lines: dict[str, int], source: str,
+                 env: EnvOverrides | None = None) -> None:
         self.lines = lines
         self.source = source
+        self.env = env or EnvOverrides()
         self.errors: list[str] = []
 
     def error(self, key: str, message: str) -> None:
         line = self.lines.get(key)
-        where = f"{self.source}:{line}" if line else self.source
+        origin = None if line else self.env.origin_of(key)
+        where = origin or (f"{self.source}:{line}" if line else self.source)
         self.errors.append(f"{where}: key '{key}': {message}")
 
     def build(self, cls: type, data: Any, key: str) -> Any:
@@ -498,6 +515,8 @@ def _positive_checks(cfg: Config) -> list[tuple[str, bool, str]]:
              cfg.demo.save_steps, 1) == 0,
          "must be 0 (off) or a multiple of demo.save_steps"),
         ("demo.degrade_pause_seconds", cfg.demo.degrade_pause_seconds >= 0, "must be >= 0"),
+        ("training.bind_retry_seconds", cfg.training.bind_retry_seconds > 0, "must be > 0"),
+        ("training.max_logged_metrics", cfg.training.max_logged_metrics >= 0, "must be >= 0"),
         ("evaluator.batch_size", ev.batch_size >= 1, "must be at least 1"),
         ("evaluator.max_new_tokens", ev.max_new_tokens >= 1, "must be at least 1"),
         ("evaluator.last_k", ev.last_k >= 1, "must be at least 1"),
@@ -584,26 +603,73 @@ def _line_map(text: str) -> dict[str, int]:
     return lines
 
 
-def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
-    """Nested dict from TUNEWATCH_SECTION__KEY variables (values parsed as YAML scalars)."""
-    tree: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+@dataclass
+class EnvOverrides:
+    """The configuration found in the environment: a nested tree, and for each dotted key
+    the variable that set it (`NAME='value'`), so an error blames the variable, not the file."""
+
+    tree: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def origin_of(self, key: str) -> str | None:
+        """The variable behind `key`, or behind a key below it (an unknown section)."""
+        if key in self.origins:
+            return self.origins[key]
+        below = [origin for dotted, origin in self.origins.items()
+                 if dotted.startswith(key + ".")]
+        return below[0] if below else None
+
+
+def _env_value(value: str) -> Any:
+    """A variable's value read as a YAML scalar (`32` an int, `true` a bool), else as text."""
+    if value == "":
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _env_key(name: str) -> list[str] | None:
+    """The config path a variable names: None when the variable is not configuration."""
+    if name in ENV_SINGLE_NAMES:
+        return [ENV_SINGLE_NAMES[name]]
+    if not name.startswith(ENV_PREFIX) or ENV_LEVEL_SEPARATOR not in name:
+        return None
+    return [part.lower() for part in name[len(ENV_PREFIX):].split(ENV_LEVEL_SEPARATOR)]
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> EnvOverrides:
+    """Configuration from `TUNEWATCH_SECTION__KEY` variables and the single names read."""
+    found = EnvOverrides()
+    for name in sorted(environ):
+        parts = _env_key(name)
+        if parts is None:
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        value = environ[name]
+        origin = f"environment variable {name}={value!r}"
         if not all(parts):
+            found.errors.append(f"{origin}: empty level in the name (one '__' between levels, "
+                                "e.g. TUNEWATCH_EVALUATOR__REMOTE__URL)")
             continue
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+        node = found.tree
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                found.errors.append(f"{origin}: key '{prefix}' is set by "
+                                    f"{found.origins[prefix]} to a single value")
                 break
+            node = child
         else:
-            try:
-                node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
-            except yaml.YAMLError:
-                node[parts[-1]] = value
-    return tree
+            if isinstance(node.get(parts[-1]), dict):
+                found.errors.append(f"{origin}: key '{'.'.join(parts)}' is a section; other "
+                                    "variables set keys inside it")
+                continue
+            node[parts[-1]] = _env_value(value)
+            found.origins[".".join(parts)] = origin
+    return found
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -661,10 +727,11 @@ def load_config(
     if chosen is not None:
         data, lines = _read_yaml(chosen)
         source = str(chosen)
-    overrides = _env_overrides(environ)
-    merged = _merge(data, overrides)
-    validator = _Validator(lines, source)
-    for key in _flatten_keys(overrides):
+    env = _env_overrides(environ)
+    merged = _merge(data, env.tree)
+    validator = _Validator(lines, source, env)
+    validator.errors.extend(env.errors)
+    for key in _flatten_keys(env.tree):
         validator.lines.pop(key, None)
     cfg = validator.build(Config, merged, "")
     for key, ok, message in _positive_checks(cfg) if not validator.errors else []:
