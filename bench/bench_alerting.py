@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from services import AlertPipeline, wait_for  # noqa: E402
 
-from tunewatch.tinymodel import build_tiny_run, degrade_checkpoint  # noqa: E402
+from tunewatch.config import Config  # noqa: E402
+from tunewatch.tinymodel import answer_key_suite, blank_checkpoint, build_tiny_run  # noqa: E402
 
 log = logging.getLogger("bench_alerting")
 
@@ -40,13 +41,18 @@ def measure(work: Path, timeout: float) -> dict[str, Any]:
     ckpts.mkdir()
     for src in run.checkpoints:
         shutil.copytree(src, ckpts / src.name)
+    # The suite is checkpoint-300's own answer key and the damaged copy has every weight
+    # zeroed, so the drop is real on any machine (tunewatch/tinymodel.py says why).
+    suite = work / "answer-key"
+    answer_key_suite(run.checkpoints[-1], run.data_dir, suite,
+                     Config().evaluator.max_new_tokens)
     pipe = AlertPipeline(work, REPO)  # the repository's group_wait (30 s)
     step = 'tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}'
     try:
-        prom = pipe.start(ckpts, run.data_dir, run="bench", host="bench").prom
+        prom = pipe.start(ckpts, suite, run="bench", host="bench").prom
         prom.wait_value(step, lambda v: v == 300, timeout=120)
         written = time.monotonic()
-        degrade_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301", 1.0, 0)
+        blank_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301")
         prom.wait_value(step, lambda v: v == 301, timeout=120)
         evaluated = time.monotonic() - written
         prom.wait_value('count(ALERTS{alertname="EvalRegression",alertstate="firing"})',

@@ -16,6 +16,7 @@ Exit status 1 when the median delay is 1 second or more.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,23 +32,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from bench_exporter import free_port  # noqa: E402
+from common import scrape_once  # noqa: E402
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja")
 
 
 def _samples(url: str) -> dict[str, float]:
+    """The evaluator's samples as Prometheus would scrape them; {} while it does not answer."""
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
+        result = scrape_once(url + "/metrics", timeout_seconds=5.0)
+    except (OSError, http.client.HTTPException):
         return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return result.samples() if result.status == 200 else {}
 
 
 def _wait(predicate, timeout: float) -> bool:

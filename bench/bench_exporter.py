@@ -3,16 +3,21 @@
 Why: monitoring must cost the monitored host next to nothing and answer fast even when a
 host has many GPUs. This runs the real `tunewatch exporter` process on recorded GPU readings
 replicated to reach the wanted series count (23 H100 boards give about 1k series, 232
-about 10k; the targets apply to the first), scrapes it over one keep-alive connection as
-Prometheus does, and reports:
+about 10k; the targets apply to the first), scrapes it over one keep-alive connection with
+Prometheus's own request headers (bench/common.py: OpenMetrics preferred, gzip, the
+timeout header; the answer decompressed inside the timing), and reports:
 
 - scrape latency p50/p99 over N scrapes (target: p99 under 10 ms),
 - the exporter's CPU per scrape and at rest, and from them its share of one core at a 15 s
-  scrape interval (target: under 1%).
+  scrape interval (target: under 1%),
+- the `scrape_duration_seconds` a real Prometheus records scraping it every second
+  (quantiles over the run; Prometheus's figure includes parsing and storing the samples),
+- the same latency with OpenMetrics switched on and at other gzip levels (`--compare`),
+  which is where the defaults in docs/exporter.md come from.
 
-    python bench/bench_exporter.py              # 1000 scrapes, targets enforced
-    python bench/bench_exporter.py --smoke      # 50 scrapes, figures only (a test runs it)
-    python bench/bench_exporter.py --gpus 64 --json   # one size
+    python bench/bench_exporter.py              # 1000 scrapes, Prometheus 45 s, compare
+    python bench/bench_exporter.py --smoke      # 50 scrapes, Prometheus 8 s (a test runs it)
+    python bench/bench_exporter.py --gpus 64 --json --no-compare --prometheus-seconds 0
 
 Exit status 1 when a target is missed (full run only).
 """
@@ -24,6 +29,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,8 +42,19 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from common import Scraper  # noqa: E402
+
 FIXTURE = REPO / "tests" / "fixtures" / "gpu" / "h100-load.json"
 log = logging.getLogger("bench_exporter")
+
+# --compare: the exporter settings (environment overrides) each compared run uses.
+COMPARED = {
+    "openmetrics": {"TUNEWATCH_EXPORTER__OPENMETRICS": "true"},
+    "gzip_level_0": {"TUNEWATCH_EXPORTER__GZIP_LEVEL": "0"},
+    "gzip_level_6": {"TUNEWATCH_EXPORTER__GZIP_LEVEL": "6"},
+    "gzip_level_9": {"TUNEWATCH_EXPORTER__GZIP_LEVEL": "9"},
+}
 
 
 def replicate_readings(gpus: int, out: Path) -> Path:
@@ -83,22 +100,68 @@ def start_tunewatch(args: list[str], port: int, workdir: Path, env: dict[str, st
     raise SystemExit(f"{args[0]} did not answer within {timeout:g} s:\n{log_path.read_text()}")
 
 
-def start_exporter(readings: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_exporter(readings: Path, port: int, workdir: Path,
+                   settings: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return start_tunewatch(["exporter", "--no-collector.files"], port, workdir,
-                           {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings)})
+                           {"TUNEWATCH_EXPORTER__GPU_READINGS_FILE": str(readings),
+                            **(settings or {})})
 
 
-def scrape_series(conn: http.client.HTTPConnection) -> tuple[float, int]:
-    """One scrape: (seconds, series count)."""
-    start = time.perf_counter()
-    conn.request("GET", "/metrics", headers={"Accept-Encoding": "identity"})
-    resp = conn.getresponse()
-    body = resp.read()
-    elapsed = time.perf_counter() - start
-    if resp.status != 200:
-        raise SystemExit(f"scrape answered {resp.status}")
-    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return elapsed, series
+def timed_scrapes(scraper: Scraper, count: int) -> list[float]:
+    """`count` scrapes as Prometheus sends them; their seconds, sorted."""
+    latencies = []
+    for _ in range(count):
+        result = scraper.scrape()
+        if result.status != 200:
+            raise SystemExit(f"scrape answered {result.status}")
+        latencies.append(result.seconds)
+    return sorted(latencies)
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and max in milliseconds of sorted latencies."""
+    return {"p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
+            "max_ms": round(latencies[-1] * 1000, 2)}
+
+
+def prometheus_scrape_durations(port: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    """What a real Prometheus (1 s interval) records as `scrape_duration_seconds` for the
+    exporter over `seconds`: p50, p99 and max in milliseconds, and the scrape count."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from services import Prometheus
+
+    prom = Prometheus(workdir / "prometheus", scrape_interval="1s")
+    prom.start()
+    try:
+        prom.add_target("tunewatch-exporter", f"127.0.0.1:{port}")
+        prom.wait_up("tunewatch-exporter", timeout=60)
+        time.sleep(seconds)
+        window = f"{int(seconds)}s"
+        series = 'scrape_duration_seconds{job="tunewatch-exporter"}'
+
+        def value(promql: str) -> float:
+            found = prom.value(promql)
+            return float("nan") if found is None else found
+
+        return {
+            "prometheus_scrapes": int(value(f"count_over_time({series}[{window}])")),
+            "prometheus_p50_ms": round(value(f"quantile_over_time(0.5, {series}[{window}])")
+                                       * 1000, 2),
+            "prometheus_p99_ms": round(value(f"quantile_over_time(0.99, {series}[{window}])")
+                                       * 1000, 2),
+            "prometheus_max_ms": round(value(f"max_over_time({series}[{window}])") * 1000, 2),
+            "prometheus_version": prometheus_version(),
+        }
+    finally:
+        prom.stop()
+
+
+def prometheus_version() -> str:
+    out = subprocess.run([shutil.which("prometheus") or "prometheus", "--version"],
+                         capture_output=True, text=True, check=False)
+    first = (out.stdout or out.stderr).splitlines()
+    return first[0].split()[2] if first and len(first[0].split()) > 2 else "unknown"
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -106,49 +169,88 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, workdir: Path,
+            settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """One exporter process: latency and CPU per scrape; CPU at rest and Prometheus's own
+    figures when `args` asks for them (rest_seconds, prometheus_seconds above 0)."""
     port = free_port()
-    proc = start_exporter(replicate_readings(args.gpus, workdir), port, workdir)
+    proc = start_exporter(replicate_readings(args.gpus, workdir), port, workdir, settings)
     ps = psutil.Process(proc.pid)
+    scraper = Scraper("127.0.0.1", port)
+    figures: dict[str, Any] = {}
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        _, series = scrape_series(conn)  # warm-up (starts the GPU sampler threads)
+        first = scraper.scrape()  # warm-up (starts the GPU sampler threads)
         rest_start, rest_t0 = cpu_seconds(ps), time.monotonic()
         time.sleep(args.rest_seconds)
         rest_rate = (cpu_seconds(ps) - rest_start) / (time.monotonic() - rest_t0)
         cpu_start = cpu_seconds(ps)
-        latencies = [scrape_series(conn)[0] for _ in range(args.scrapes)]
+        latencies = timed_scrapes(scraper, args.scrapes)
         cpu_per_scrape = (cpu_seconds(ps) - cpu_start) / args.scrapes
+        scraper.close()
+        if args.prometheus_seconds > 0:
+            figures = prometheus_scrape_durations(port, args.prometheus_seconds, workdir)
     finally:
+        scraper.close()
         proc.terminate()
         proc.wait(10)
-    latencies.sort()
     share = rest_rate + cpu_per_scrape / args.interval
     return {
-        "gpus": args.gpus, "series": series, "scrapes": args.scrapes,
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
-        "max_ms": round(latencies[-1] * 1000, 2),
+        "gpus": args.gpus, "series": first.series(), "scrapes": args.scrapes,
+        "content_type": first.content_type, "content_encoding": first.content_encoding,
+        "body_bytes": len(first.body),
+        **percentiles(latencies),
         "cpu_ms_per_scrape": round(cpu_per_scrape * 1000, 2),
         "cpu_share_at_rest_percent": round(rest_rate * 100, 3),
         "scrape_interval_seconds": args.interval,
         "cpu_share_percent": round(share * 100, 3),
+        **figures,
     }
+
+
+def compare(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Latency and CPU per scrape at the first size under each COMPARED setting."""
+    run = argparse.Namespace(**{**vars(args), "gpus": args.gpus[0], "rest_seconds": 0.0,
+                                "prometheus_seconds": 0.0,
+                                "scrapes": max(100, args.scrapes // 3)})
+    out = {}
+    for name, settings in COMPARED.items():
+        with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
+            fig = measure(run, Path(tmp), settings)
+        out[name] = {k: fig[k] for k in ("content_type", "content_encoding", "scrapes",
+                                         "p50_ms", "p99_ms", "max_ms", "cpu_ms_per_scrape")}
+    return out
 
 
 def as_text(fig: dict[str, Any], targeted: bool = True) -> str:
     p99_target, cpu_target = (" (target p99 < 10 ms)", " (target < 1%)") if targeted else ("", "")
-    return (
-        f"host exporter, {fig['gpus']} recorded GPUs, {fig['series']} series\n"
-        f"  scrape latency over {fig['scrapes']} scrapes: p50 {fig['p50_ms']} ms, "
-        f"p99 {fig['p99_ms']} ms, max {fig['max_ms']} ms{p99_target}\n"
+    text = (
+        f"host exporter, {fig['gpus']} recorded GPUs, {fig['series']} series "
+        f"({fig['content_type']}, {fig['content_encoding'] or 'identity'}, "
+        f"{fig['body_bytes']} bytes)\n"
+        f"  scrape latency with Prometheus's headers over {fig['scrapes']} scrapes: "
+        f"p50 {fig['p50_ms']} ms, p99 {fig['p99_ms']} ms, max {fig['max_ms']} ms{p99_target}\n"
         f"  CPU: {fig['cpu_ms_per_scrape']} ms per scrape, "
         f"{fig['cpu_share_at_rest_percent']}% of a core at rest; "
         f"{fig['cpu_share_percent']}% of one core at a {fig['scrape_interval_seconds']:g} s "
         f"scrape interval{cpu_target}\n")
+    if "prometheus_scrapes" in fig:
+        text += (f"  real Prometheus {fig['prometheus_version']}, "
+                 f"{fig['prometheus_scrapes']} scrapes at 1 s: scrape_duration_seconds "
+                 f"p50 {fig['prometheus_p50_ms']} ms, p99 {fig['prometheus_p99_ms']} ms, "
+                 f"max {fig['prometheus_max_ms']} ms\n")
+    return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def compare_as_text(compared: dict[str, dict[str, Any]]) -> str:
+    lines = ["  compared (same size, other settings):"]
+    for name, fig in compared.items():
+        lines.append(f"    {name:<14} p50 {fig['p50_ms']} ms, p99 {fig['p99_ms']} ms, "
+                     f"max {fig['max_ms']} ms; CPU {fig['cpu_ms_per_scrape']} ms per scrape "
+                     f"over {fig['scrapes']} scrapes")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="50 scrapes, no targets enforced")
     parser.add_argument("--scrapes", type=int, default=None, help="default 1000 (smoke: 50)")
@@ -158,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=15.0, help="scrape interval, s")
     parser.add_argument("--rest-seconds", type=float, default=None,
                         help="idle time measured for the at-rest CPU (default 10; smoke 2)")
+    parser.add_argument("--prometheus-seconds", type=float, default=None,
+                        help="how long a real Prometheus scrapes the first size every second "
+                             "(default 45; smoke 8; 0: not at all)")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure OpenMetrics and gzip levels 0, 6, 9 at the first "
+                             "size (default: on, off for --smoke)")
     parser.add_argument("--p99-target-ms", type=float, default=10.0)
     parser.add_argument("--cpu-target-percent", type=float, default=1.0)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -165,21 +273,38 @@ def main(argv: list[str] | None = None) -> int:
     args.scrapes = args.scrapes or (50 if args.smoke else 1000)
     args.rest_seconds = args.rest_seconds if args.rest_seconds is not None else (
         2.0 if args.smoke else 10.0)
+    args.prometheus_seconds = args.prometheus_seconds if args.prometheus_seconds is not None \
+        else (8.0 if args.smoke else 45.0)
+    args.compare = (not args.smoke) if args.compare is None else args.compare
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     figures = []
     sizes = [args.gpus[0]] if args.smoke else args.gpus
     total_scrapes = args.scrapes
     for i, gpus in enumerate(sizes):
-        # Larger outputs: fewer scrapes (latency percentiles need hundreds, not thousands).
+        # Larger outputs: fewer scrapes (latency percentiles need hundreds, not thousands);
+        # a real Prometheus scrapes the first size only (the one the targets apply to).
         run = argparse.Namespace(**{**vars(args), "gpus": gpus,
                                     "scrapes": total_scrapes if i == 0 else
-                                    max(100, total_scrapes // 5)})
+                                    max(100, total_scrapes // 5),
+                                    "prometheus_seconds": args.prometheus_seconds if i == 0
+                                    else 0.0})
         with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
             figures.append(measure(run, Path(tmp)))
+    compared = compare(args) if args.compare else {}
     if args.json:
-        sys.stdout.write(json.dumps(figures[0] if args.smoke else figures, indent=2) + "\n")
+        result: Any = {"runs": figures, "compare": compared}
+        if args.smoke:  # one run: its figures at the top level
+            result = {**figures[0], **({"compare": compared} if compared else {})}
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         sys.stdout.write("".join(as_text(f, i == 0) for i, f in enumerate(figures)))
+        if compared:
+            sys.stdout.write(compare_as_text(compared))
     if args.smoke:
         return 0
     fig = figures[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "scripts"))
 from bench_exporter import free_port, replicate_readings  # noqa: E402
+from common import scrape_once  # noqa: E402
 from fleet_targets import PORTS, fleet_groups  # noqa: E402
 
 SAMPLES = REPO / "tests" / "fixtures" / "fleet"
@@ -347,17 +349,22 @@ def record(out: Path, gpus: int = 8) -> None:
 
 
 def _scrape_when_up(port: int, proc: subprocess.Popen[bytes]) -> bytes:
+    """The exposition as Prometheus receives it (its headers; decompressed)."""
+    url = f"http://127.0.0.1:{port}/metrics"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                time.sleep(0.5)  # let a first scan finish, then take the real one
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                return bytes(r.read())
-        except OSError:
+            scrape_once(url, timeout_seconds=5.0)
+            time.sleep(0.5)  # let a first scan finish, then take the real one
+            result = scrape_once(url, timeout_seconds=5.0)
+        except (OSError, http.client.HTTPException):
             time.sleep(0.2)
+            continue
+        if result.status == 200:
+            return result.body
+        time.sleep(0.2)
     raise SystemExit(f"nothing answered on 127.0.0.1:{port}")
 
 

@@ -6,7 +6,8 @@ exporter at once; it must answer every one of them (no error, no 503 at this loa
 latency that stays small. This starts the real processes (the host exporter on recorded
 readings of 16 GPUs, the training sidecar on a status file, and the evaluator serving a
 recorded measurement of the tiny model, tests/fixtures/fleet/), then runs N scraper threads
-against each in turn, each thread scraping in a loop over its own keep-alive connection.
+against each in turn, each thread scraping in a loop over its own keep-alive connection with
+Prometheus's request headers (bench/common.py: gzip, the answer decompressed).
 
     python bench/bench_load.py                      # 50 scrapers, 60 s per server
     python bench/bench_load.py --smoke              # 10 scrapers, 3 s (a test runs it)
@@ -34,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_exporter import free_port, replicate_readings, start_tunewatch  # noqa: E402
+from common import Scraper  # noqa: E402
 
 log = logging.getLogger("bench_load")
 
@@ -73,25 +75,18 @@ def start(name: str, args: list[str], workdir: Path, env: dict[str, str]) -> Ser
 
 
 def scraper(port: int, stop_at: float, tally: Tally) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    while time.monotonic() < stop_at:
-        begin = time.perf_counter()
-        try:
-            conn.request("GET", "/metrics")
-            resp = conn.getresponse()
-            resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            tally.error(type(exc).__name__)
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            continue
-        elapsed = time.perf_counter() - begin
-        if resp.status != 200:
-            tally.error(f"http_{resp.status}")
-            continue
-        with tally.lock:
-            tally.latencies.append(elapsed)
-    conn.close()
+    with Scraper("127.0.0.1", port) as target:
+        while time.monotonic() < stop_at:
+            try:
+                result = target.scrape()  # a failure drops the connection; the next reconnects
+            except (OSError, http.client.HTTPException) as exc:
+                tally.error(type(exc).__name__)
+                continue
+            if result.status != 200:
+                tally.error(f"http_{result.status}")
+                continue
+            with tally.lock:
+                tally.latencies.append(result.seconds)
 
 
 def load(server: Server, scrapers: int, seconds: float) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Why: the callback runs inside the trainer's loop, so it must cost next to nothing. This
 trains the tiny Qwen3 model with the real transformers Trainer, wraps the callback so that
 every hook call the Trainer makes is timed (perf_counter_ns), scrapes /metrics meanwhile as
-Prometheus would, and reports the hooks' microseconds per step next to the step time.
+Prometheus would (every second, with its request headers: bench/common.py), and reports the
+hooks' microseconds per step next to the step time.
 Target: under 50 microseconds a step.
 
     python bench/bench_training.py             # 300 steps, target enforced
@@ -21,11 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Scraper
 
 TARGET_US_PER_STEP = 50.0
 
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def scraper() -> None:  # Prometheus at 1 s: the scrape shares the lock with the hooks
-        while not stop.wait(1.0):
-            with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
-                resp.read()
+        with Scraper.for_url(server.url) as target:
+            while not stop.wait(1.0):
+                target.scrape()
 
     thread = threading.Thread(target=scraper, daemon=True)
     thread.start()

@@ -11,6 +11,11 @@ A failed evaluation is logged with its cause, counted as
 `evaluator.retry_attempts` tries (a checkpoint whose files change is tried afresh), and
 publishes nothing as a measurement; the daemon stays up. docs/evaluator.md has the rest.
 
+Idle means asleep: with nothing new, the loop scans once per `evaluator.rescan_seconds` and
+reads no file contents (evaluators/discovery.py); `tunewatch_eval_scans_total{reason}` counts
+what started each scan. `/-/ready` answers 200 once the suite is loaded (the state is read
+before the server starts), so a health check knows the figures it serves can be computed.
+
     tunewatch evaluate --checkpoints runs/x/checkpoints --data data/validation
     tunewatch evaluate --once ...     # evaluate what is complete now, then exit
 """
@@ -119,8 +124,11 @@ class Daemon:
         self.wake = threading.Event()
         self.watcher = Watcher(self.checkpoints, self.wake)
         self.suite: Suite | None = None
+        self._suite_error: str | None = None
         self._lock = threading.Lock()
         self.failures = dict.fromkeys(REASONS, 0)
+        self.scans = dict.fromkeys(metrics.SCAN_REASONS, 0)
+        self._planned = "startup"  # what starts the next scan unless an event comes first
         self.evaluations = 0
         self.backlog = 0
         self.newest_step: int | None = None
@@ -145,11 +153,39 @@ class Daemon:
             return False
         return float(entry.get("next_attempt_at", 0.0)) <= now
 
-    def step(self) -> float | None:
+    def ready(self) -> bool:
+        """`/-/ready`: the suite is loaded (the state was read in __init__)."""
+        return self.suite is not None
+
+    def load_suite_early(self) -> None:
+        """Load the suite before the first checkpoint needs it, so readiness means it.
+
+        A suite that cannot be loaded yet (the data directory is not there, or empty) is
+        logged once per distinct error and tried again on the next loop turn; an
+        evaluation meanwhile fails with its reason (`data`) as it always did.
+        """
+        if self.suite is not None:
+            return
+        try:
+            self.suite = load_suite(self.data, self.cfg.files)
+        except Exception as exc:  # any cause: not ready, the loop goes on
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._suite_error:
+                log.warning("cannot load the suite from %s yet (%s); not ready until it "
+                            "loads", self.data, message)
+            self._suite_error = message
+            return
+        log.info("suite loaded: %d examples from %s", len(self.suite.examples), self.data)
+        self._suite_error = None
+
+    def step(self, reason: str | None = None) -> float | None:
         """Scan, evaluate the newest checkpoint that needs it; seconds to wait, 0 for again.
 
-        None (only with `once`) means there is nothing left to do.
+        None (only with `once`) means there is nothing left to do. `reason` is what started
+        this scan (metrics.SCAN_REASONS); by default, what the previous step planned.
         """
+        with self._lock:
+            self.scans[reason or self._planned] += 1
         now = self.clock()
         candidates = self.scanner.scan()
         complete = [c for c in candidates if c.complete]
@@ -164,27 +200,42 @@ class Daemon:
             self.backlog = len({c.step for c in pending + waiting})
         if pending:
             self._evaluate(pending[0])
+            self._planned = "evaluated"
             return 0.0
         settling = any(not c.complete for c in candidates)
         if self.once:
+            self._planned = "settle"
             return self.scanner.next_settle_deadline() if settling else None
-        waits = [self.cfg.rescan_seconds]
+        waits = [(self.cfg.rescan_seconds, "rescan")]
         if settling and (deadline := self.scanner.next_settle_deadline()) is not None:
-            waits.append(deadline + 0.01)
+            waits.append((deadline + 0.01, "settle"))
         for c in waiting:
-            waits.append(float(self.state.checkpoints[c.step]["next_attempt_at"]) - now)
-        return max(_MIN_SCAN_INTERVAL, min(waits))
+            waits.append((float(self.state.checkpoints[c.step]["next_attempt_at"]) - now,
+                          "retry"))
+        wait, self._planned = min(waits)
+        return max(_MIN_SCAN_INTERVAL, wait)
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set (or, with `once`, until nothing is left)."""
+        """Loop until `stop` is set (or, with `once`, until nothing is left).
+
+        A scan follows an event only if one came since the previous scan began (`wake`
+        is cleared just before it), so a scan never wakes the next one by itself.
+        """
+        first = True
         while not stop.is_set():
             self.watcher.ensure_started()
+            self.load_suite_early()
+            woken = self.wake.is_set() and not first
             self.wake.clear()
+            first = False
+            if woken:
+                log.debug("scanning after a file event (%s)", self.watcher.last_event)
             try:
-                wait = self.step()
+                wait = self.step("event" if woken else None)
             except Exception:  # the daemon stays up; the next scan tries again
                 log.exception("evaluator loop failed; retrying in %ss", self.cfg.rescan_seconds)
                 wait = self.cfg.rescan_seconds
+                self._planned = "rescan"
             if wait is None:
                 break
             if wait > 0:
@@ -416,6 +467,9 @@ class Daemon:
                 ({"reason": r}, float(n)) for r, n in self.failures.items()
             ]
             samples["tunewatch_eval_evaluations"] = [({}, float(self.evaluations))]
+            samples["tunewatch_eval_scans"] = [
+                ({"reason": r}, float(n)) for r, n in self.scans.items()
+            ]
             samples["tunewatch_eval_backlog_checkpoints"] = [({}, float(self.backlog))]
             samples["tunewatch_eval_run"] = [({"run": self.run_name}, 1.0)]
             metrics.remote_samples(
@@ -503,7 +557,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     registry = CollectorRegistry()
     registry.register(daemon)  # type: ignore[arg-type]
     try:
-        server = start_for_section(registry, ev, "tunewatch evaluator")
+        server = start_for_section(registry, ev, "tunewatch evaluator", ready=daemon.ready)
     except ServerStartError as exc:
         log.error("%s", exc)
         return 1

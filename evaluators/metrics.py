@@ -130,6 +130,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "counter", (), "Checkpoints evaluated successfully by this process."),
     "tunewatch_eval_failures": (
         "counter", ("reason",), "Failed evaluation attempts by reason."),
+    "tunewatch_eval_scans": (
+        "counter", ("reason",), "Scans of the checkpoint directory by what started them."),
     "tunewatch_eval_backlog_checkpoints": (
         "gauge", (), "Complete checkpoints waiting to be evaluated (retries included)."),
     "tunewatch_eval_newest_checkpoint_step": (
@@ -155,7 +157,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tunewatch_eval_remote_job_wait_seconds": (
         "counter", (), "Seconds completed jobs waited from queueing to their result, summed."),
     "tunewatch_eval_remote_request_retries": (
-        "counter", ("reason",), "Inference server requests retried (connection, server_error)."),
+        "counter", ("reason",),
+        "Inference server requests retried (connection, server_error, rate_limited)."),
     "tunewatch_eval_remote_job_failures": (
         "counter", ("reason",), "Jobs without an answer (timeout, failed, bad_response)."),
     "tunewatch_eval_deployments": (
@@ -169,6 +172,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+# What started a scan (`tunewatch_eval_scans_total{reason}`), every one exposed from 0:
+# the first scan, a file event that can change a checkpoint, the periodic rescan, a settling
+# checkpoint's deadline, a failed one's retry time, and the scan right after an evaluation
+# (another checkpoint may be waiting). An idle evaluator shows only `rescan`.
+SCAN_REASONS = ("startup", "event", "rescan", "settle", "retry", "evaluated")
 
 # Recorder.samples() key -> family (evaluators/predictions/recorder.py).
 PREDICTION_FAMILIES = {

@@ -90,6 +90,17 @@ class CollectorSet:
     def __init__(self, collectors: list[Collector], timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds
         self.slots = [_Slot(c) for c in collectors]
+        self._collected = threading.Event()
+
+    def ready(self) -> bool:
+        """True once one whole collection has finished: `/-/ready` means real data."""
+        return self._collected.is_set()
+
+    def warm_up(self) -> None:
+        """Run the first collection in the background, so readiness (and a driver's slow
+        first call, e.g. NVML's init) does not wait for Prometheus's first scrape."""
+        threading.Thread(target=lambda: list(self.collect()), daemon=True,
+                         name="collector-warm-up").start()
 
     @property
     def names(self) -> list[str]:
@@ -119,6 +130,7 @@ class CollectorSet:
         yield success
         yield duration
         yield self._failures()
+        self._collected.set()
 
     def _result(self, slot: _Slot, future: Future[tuple[list[Metric], float]],
                 remaining: float) -> tuple[list[Metric], float, bool]:

@@ -102,10 +102,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     registry, collector_set = build_registry(build_collectors(ex, names), ex)
     try:
         server = start_for_section(registry, ex, "tunewatch host exporter",
-                                   args.listen_address, args.web_config_file)
+                                   args.listen_address, args.web_config_file,
+                                   ready=collector_set.ready)
     except ServerStartError as exc:
         collector_set.close()
         raise UsageError(str(exc)) from exc
+    collector_set.warm_up()
     log.info("collectors enabled: %s", ", ".join(names) or "(none)")
     freeze_startup_objects()
     try:

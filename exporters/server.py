@@ -5,8 +5,10 @@ the exporter-toolkit conventions (`--web.listen-address`, `--web.config.file` wi
 client certificates and bcrypt basic auth, `/-/healthy`, `/-/ready`, a landing page), and a
 monitoring endpoint must degrade by refusing work (HTTP 503 past a concurrent-scrape limit)
 rather than by piling up threads until the process falls over. client_python has no basic
-auth and no limit. The exposition itself is client_python's (text or OpenMetrics by the
-Accept header, gzip when asked), so the output is exactly what Prometheus expects.
+auth and no limit. The exposition is negotiated as client_golang's promhttp handler does
+(exporters/exposition.py): the text format, byte for byte what client_python writes but
+several times faster, for every scrape unless a server section switches `openmetrics` on;
+gzip at `gzip_level` when the scraper accepts it (Prometheus always does).
 
     server = MetricsServer(registry, "127.0.0.1:9945", web_config=load_web_config(path))
     server.start()          # raises ServerStartError naming the address on failure
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import html
 import logging
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,10 +35,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 
-from exporters.exposition import render_text
+from exporters.exposition import gzip_accepted, negotiate
 from exporters.webconfig import WebConfig
 from tunewatch import __version__
 
@@ -68,6 +69,17 @@ class ServerOptions:
     request_timeout_seconds: float = 10.0
     ready: Callable[[], bool] = field(default=lambda: True)
     links: dict[str, str] = field(default_factory=dict)
+    # OpenMetrics for scrapers that prefer it (Prometheus does); off: always the text format.
+    openmetrics: bool = False
+    # zlib level of gzip responses, 1 (fastest) to 9; 0 never compresses.
+    gzip_level: int = 1
+    # client_python's process_* and python_* families about this process (SelfMetrics);
+    # off only where a test needs an exposition that never changes between two renderings.
+    process_metrics: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gzip_level <= 9:  # fail at start, not on every gzip scrape
+            raise ValueError(f"gzip_level {self.gzip_level}: must be 0 (never) to 9")
 
 
 class RejectionCounter:
@@ -94,6 +106,41 @@ class RejectionCounter:
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
+
+
+class SelfMetrics:
+    """client_python's standard `process_*` and `python_*` metrics about this process.
+
+    Why: an exporter's own CPU, memory, file descriptors and garbage collections are what
+    an operator looks at first when a scrape is slow or a host is short of memory; every
+    Prometheus exporter publishes them (client_golang's process and Go collectors), and the
+    soak benchmark reads RSS growth from them. Registered by each MetricsServer beside
+    its rejection counter, so every tunewatch server has them, the in-trainer callback's
+    included (there they describe the trainer process).
+    """
+
+    _shared: tuple[Any, ...] | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def _collectors(cls) -> tuple[Any, ...]:
+        """One set per process: GCCollector hooks `gc.callbacks` for good, so a server
+        retried many times (the callback on a taken port) must not add a hook each time."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+                scratch = CollectorRegistry()  # GCCollector insists on registering somewhere
+                cls._shared = (ProcessCollector(registry=None),
+                               PlatformCollector(registry=None), GCCollector(registry=scratch))
+            return cls._shared
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors():
+            yield from collector.collect()
+
+    def describe(self) -> list[Metric]:
+        return []
 
 
 class _Filtered:
@@ -145,6 +192,13 @@ class Flights:
                 with self._lock:
                     self._running.pop(key, None)
         return future.result()
+
+
+def _encode(encoder: Callable[[Any], bytes], registry: Any, gzipped: bool, level: int) -> bytes:
+    body = encoder(registry)
+    # zlib with gzip framing (wbits=31) at the configured level: gzip.compress's default,
+    # level 9, costs about ten times level 1 for 20% fewer bytes (docs/exporter.md).
+    return zlib.compress(body, level, wbits=31) if gzipped else body
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -231,18 +285,16 @@ class _Handler(BaseHTTPRequestHandler):
             registry: Any = owner.registry
             if "name[]" in params:
                 registry = _Filtered(registry, set(params["name[]"]))
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            if content_type.startswith("text/plain"):
-                encoder = render_text  # same format, several times faster (exposition.py)
-            key = (content_type, tuple(sorted(params.get("name[]", []))))
-            body = owner.flights.run(key, lambda: encoder(registry))
+            encoder, content_type = negotiate(self.headers.get("Accept", ""),
+                                              owner.options.openmetrics)
+            level = owner.options.gzip_level
+            gzipped = level > 0 and gzip_accepted(self.headers.get("Accept-Encoding", ""))
+            key = (content_type, gzipped, tuple(sorted(params.get("name[]", []))))
+            # Compression is part of the shared flight: concurrent scrapers pay for it once.
+            body = owner.flights.run(key, lambda: _encode(encoder, registry, gzipped, level))
         finally:
             owner.slots.release()
-        extra = {}
-        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body)
-            extra["Content-Encoding"] = "gzip"
-        self._send(200, body, content_type, extra)
+        self._send(200, body, content_type, {"Content-Encoding": "gzip"} if gzipped else None)
 
     def _healthy(self, _params: dict[str, list[str]]) -> None:
         self._send(200, b"Healthy\n", "text/plain; charset=utf-8")
@@ -295,6 +347,9 @@ class MetricsServer:
         self.flights = Flights()
         self.rejections = RejectionCounter()
         registry.register(self.rejections)
+        self.self_metrics = SelfMetrics() if self.options.process_metrics else None
+        if self.self_metrics is not None:
+            registry.register(self.self_metrics)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -319,6 +374,10 @@ class MetricsServer:
         try:
             httpd = server_cls((host, port), _Handler)
         except OSError as exc:
+            # Leave the registry as it was, so that a retry can start another server on it.
+            self.registry.unregister(self.rejections)
+            if self.self_metrics is not None:
+                self.registry.unregister(self.self_metrics)
             raise ServerStartError(
                 f"cannot listen on {self.listen_address}: {exc.strerror or exc}") from exc
         httpd.owner = self
@@ -362,14 +421,25 @@ def start_server(registry: CollectorRegistry, listen_address: str, web_config_fi
     return server
 
 
+def section_options(section: Any, title: str) -> ServerOptions:
+    """A config section's server settings (exporter, training, evaluator):
+    max_concurrent_scrapes, scrape_wait_seconds, openmetrics, gzip_level."""
+    return ServerOptions(title=title, max_concurrent_scrapes=section.max_concurrent_scrapes,
+                         scrape_wait_seconds=section.scrape_wait_seconds,
+                         openmetrics=section.openmetrics, gzip_level=section.gzip_level)
+
+
 def start_for_section(registry: CollectorRegistry, section: Any, title: str,
                       listen_address: str | None = None,
-                      web_config_file: str | None = None) -> MetricsServer:
+                      web_config_file: str | None = None,
+                      ready: Callable[[], bool] | None = None) -> MetricsServer:
     """Serve `registry` with a config section's server settings (exporter, training,
-    evaluator: listen_address, web_config_file, max_concurrent_scrapes,
-    scrape_wait_seconds); the command-line flags, when given, win."""
-    options = ServerOptions(title=title, max_concurrent_scrapes=section.max_concurrent_scrapes,
-                            scrape_wait_seconds=section.scrape_wait_seconds)
+    evaluator: listen_address, web_config_file and `section_options`); the command-line
+    flags, when given, win. `ready` answers
+    `/-/ready`: each process passes what "able to answer with real data" means for it."""
+    options = section_options(section, title)
+    if ready is not None:
+        options.ready = ready
     return start_server(registry, listen_address or section.listen_address,
                         web_config_file or section.web_config_file, options)
 

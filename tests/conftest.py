@@ -67,3 +67,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     from tunewatch.tinymodel import build_tiny_run
 
     return build_tiny_run(tmp_path_factory.mktemp("tiny"), max_steps=300, save_steps=100)
+
+
+@pytest.fixture(scope="session")
+def answer_key(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite with the last checkpoint's own greedy answers as its golden answers.
+
+    For tests that need a checkpoint that answers right (a regression from it, a paired
+    comparison): against its own answer key the last checkpoint is right by construction,
+    whatever a few hundred training steps taught it on this machine.
+    """
+    from tunewatch.config import EvaluatorConfig
+    from tunewatch.tinymodel import answer_key_suite
+
+    out = tmp_path_factory.mktemp("answer_key")
+    kept = answer_key_suite(tiny_run.checkpoints[-1], tiny_run.data_dir, out,
+                            EvaluatorConfig().max_new_tokens)
+    assert kept > 0, "the last checkpoint ended no answer within max_new_tokens"
+    return out

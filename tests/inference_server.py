@@ -16,8 +16,15 @@ non-zero `temperature` is accepted (clients of the old API send one) but ignored
 the evaluation compares greedy answers.
 
 Fault scenarios come from flags: --job-delay (slow jobs), --fail-jobs (every job fails),
---health-status (an unhealthy /health). Run it as `python tests/inference_server.py --port N`;
-tests start it with `InferenceServer` (below), as a child process stopped by its PID.
+--health-status (an unhealthy /health), --refuse N (the first N API requests are refused
+with --refuse-status, 429 by default, and `Retry-After: --retry-after`), --generate-delay
+(POST /generate queues the job, then answers late: a client's read timeout after the job
+exists). Run it as `python tests/inference_server.py --port N`; tests start it with
+`InferenceServer` (below), as a child process stopped by its PID.
+
+GET /stats is the test server's own (not the old API): the TCP connections it accepted,
+the jobs it created and the requests it answered, each with its connection's number, so
+that a test can see keep-alive and duplicate jobs from the server's side.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +55,9 @@ from services import LOCALHOST, Service, free_port, http_get  # noqa: E402
 log = logging.getLogger("inference_server")
 
 DEFAULT_MAX_TOKENS = 256
+REQUEST_LOG_SIZE = 10_000  # requests kept for GET /stats (a server started by hand runs long)
+# Never refused by --refuse: readiness probes and the statistics themselves.
+NOT_REFUSED = {("GET", "/health"), ("GET", "/stats")}
 _STOP_JOBS = None  # the worker's queue sentinel
 
 
@@ -102,6 +113,10 @@ class Options:
     job_delay: float = 0.0
     fail_jobs: bool = False
     health_status: int = 200
+    refuse: int = 0
+    refuse_status: int = HTTPStatus.TOO_MANY_REQUESTS
+    retry_after: int = 1
+    generate_delay: float = 0.0
 
 
 @dataclass
@@ -121,9 +136,47 @@ class ServerState:
     jobs: dict[str, Job] = field(default_factory=dict)
     pending: queue.Queue[Job | None] = field(default_factory=queue.Queue)
     counter: int = 0
+    connections: int = 0
+    requests: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
+    refused: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     model_lock: threading.Lock = field(default_factory=threading.Lock)
     switch_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connected(self) -> int:
+        """Count a new TCP connection; its number (from 1)."""
+        with self.lock:
+            self.connections += 1
+            return self.connections
+
+    def refusing(self, method: str, path: str) -> bool:
+        """Whether this request is one of the first --refuse API requests."""
+        if (method, path) in NOT_REFUSED:
+            return False
+        with self.lock:
+            if self.refused >= self.options.refuse:
+                return False
+            self.refused += 1
+            return True
+
+    def arrived(self, connection: int, method: str, path: str) -> dict[str, Any]:
+        """Log a request for GET /stats as it arrives (status None until answered), so that
+        a request whose answer is late is seen at once."""
+        entry: dict[str, Any] = {"connection": connection, "method": method, "path": path,
+                                 "status": None, "received": time.monotonic()}
+        with self.lock:
+            self.requests.append(entry)
+        return entry
+
+    def answered(self, entry: dict[str, Any], status: int) -> None:
+        with self.lock:
+            entry["status"] = status
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {"connections": self.connections, "jobs": self.counter,
+                    "requests": [dict(r) for r in self.requests]}
 
     def queued(self) -> int:
         with self.lock:
@@ -263,6 +316,17 @@ def generate_fields(body: dict[str, Any]) -> dict[str, Any]:
             "logprobs": body.get("logprobs") is True}
 
 
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; anything else is a 400."""
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+    return body
+
+
 # --------------------------------------------------------------------------- routes
 
 
@@ -317,6 +381,8 @@ def post_set_active(state: ServerState, body: dict[str, Any]) -> tuple[int, dict
 
 def post_generate(state: ServerState, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     job = state.submit(generate_fields(body))
+    if state.options.generate_delay > 0:  # the job exists; the answer comes late
+        time.sleep(state.options.generate_delay)
     return HTTPStatus.OK, {"job_id": job.job_id, "status": "pending"}
 
 
@@ -327,6 +393,8 @@ def route_get(state: ServerState, path: str) -> tuple[int, dict[str, Any]]:
         return get_models(state)
     if path == "/models/active":
         return get_active(state)
+    if path == "/stats":
+        return HTTPStatus.OK, state.stats()
     if path.startswith("/jobs/") and path.count("/") == 2:
         return get_job(state, path[len("/jobs/"):])
     raise ApiError(HTTPStatus.NOT_FOUND, f"no such path: GET {path}")
@@ -340,51 +408,70 @@ POST_ROUTES = {
 
 
 class Handler(BaseHTTPRequestHandler):
-    """JSON in, JSON out; every error is a JSON body `{"error": message}`."""
+    """JSON in, JSON out; every error is a JSON body `{"error": message}`.
+
+    HTTP/1.1: a client may keep its connection for many requests; `connection` numbers it.
+    """
 
     server: InferenceHTTPServer
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: with Nagle's algorithm the body would wait for the
+    # client's delayed ACK (about 40 ms) on every answer over a kept-alive connection.
+    # Production servers (uvicorn, ...) set TCP_NODELAY too.
+    disable_nagle_algorithm = True
+    connection_id = 0
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection_id = self.server.state.connected()
 
     def do_GET(self) -> None:
-        self.respond(lambda: route_get(self.server.state, self.path.split("?", 1)[0]))
+        path = self.path.split("?", 1)[0]
+        self.respond(path, lambda: route_get(self.server.state, path))
 
     def do_POST(self) -> None:
-        self.respond(self.dispatch_post)
-
-    def dispatch_post(self) -> tuple[int, dict[str, Any]]:
         path = self.path.split("?", 1)[0]
-        body = self.read_json()
+        raw = self.read_body()  # always: an unread body would corrupt the next request
+        self.respond(path, lambda: self.dispatch_post(path, raw))
+
+    def dispatch_post(self, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        body = parse_json(raw)
         handler = POST_ROUTES.get(path)
         if handler is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such path: POST {path}")
         return handler(self.server.state, body)
 
-    def read_json(self) -> dict[str, Any]:
-        """The body as a JSON object; anything else is a 400."""
+    def read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
-        try:
-            body = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {exc}") from exc
-        if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
-        return body
+        return self.rfile.read(length) if length > 0 else b""
 
-    def respond(self, produce: Any) -> None:
-        """Run a route and write its answer; ApiError and crashes become JSON errors."""
-        try:
-            status, body = produce()
-        except ApiError as exc:
-            status, body = exc.status, {"error": exc.message}
-        except Exception as exc:  # a bug must still answer JSON, and be logged
-            log.exception("%s %s failed", self.command, self.path)
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)}
-        self.write_json(int(status), body)
+    def respond(self, path: str, produce: Any) -> None:
+        """Refuse (--refuse) or run a route, write its answer and log it for /stats;
+        ApiError and crashes become JSON errors."""
+        state = self.server.state
+        entry = state.arrived(self.connection_id, self.command, path) if path != "/stats" else None
+        headers: dict[str, str] = {}
+        if state.refusing(self.command, path):
+            status, body = state.options.refuse_status, {"error": "too many requests"}
+            headers["Retry-After"] = str(state.options.retry_after)
+        else:
+            try:
+                status, body = produce()
+            except ApiError as exc:
+                status, body = exc.status, {"error": exc.message}
+            except Exception as exc:  # a bug must still answer JSON, and be logged
+                log.exception("%s %s failed", self.command, self.path)
+                status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)}
+        if entry is not None:
+            state.answered(entry, int(status))
+        self.write_json(int(status), body, headers)
 
-    def write_json(self, status: int, body: dict[str, Any]) -> None:
+    def write_json(self, status: int, body: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -418,6 +505,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-jobs", action="store_true", help="every job fails")
     parser.add_argument("--health-status", type=int, default=200,
                         help="HTTP status of /health (body 'unavailable' when not 200)")
+    parser.add_argument("--refuse", type=int, default=0,
+                        help="refuse the first N API requests (all but GET /health, /stats)")
+    parser.add_argument("--refuse-status", type=int, default=HTTPStatus.TOO_MANY_REQUESTS,
+                        help="HTTP status of a refused request (429; 503 for a busy server)")
+    parser.add_argument("--retry-after", type=int, default=1,
+                        help="seconds of the Retry-After header of a refused request")
+    parser.add_argument("--generate-delay", type=float, default=0.0,
+                        help="seconds POST /generate waits after queuing its job")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -453,7 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = ServerState(Options(args.job_delay, args.fail_jobs, args.health_status))
+    state = ServerState(Options(args.job_delay, args.fail_jobs, args.health_status,
+                                args.refuse, args.refuse_status, args.retry_after,
+                                args.generate_delay))
     if args.checkpoint is not None:
         try:
             initial_model(state, args.checkpoint, args.model_id)
@@ -491,24 +588,31 @@ class InferenceServer(Service):
         job_delay: float = 0.0,
         fail_jobs: bool = False,
         health_status: int = 200,
+        refuse: int = 0,
+        refuse_status: int = HTTPStatus.TOO_MANY_REQUESTS,
+        retry_after: int = 1,
+        generate_delay: float = 0.0,
     ) -> None:
         super().__init__("inference_server", workdir)
         self.port = free_port()
         self.url = f"http://{LOCALHOST}:{self.port}"
         self.checkpoint = checkpoint
         self.model_id = model_id
-        self.job_delay = job_delay
-        self.fail_jobs = fail_jobs
-        self.health_status = health_status
+        self.options = Options(job_delay, fail_jobs, health_status, refuse, refuse_status,
+                               retry_after, generate_delay)
 
     def argv(self) -> list[str]:
+        o = self.options
         args = [sys.executable, str(Path(__file__).resolve()), "--port", str(self.port),
-                "--job-delay", str(self.job_delay), "--health-status", str(self.health_status)]
+                "--job-delay", str(o.job_delay), "--health-status", str(o.health_status),
+                "--refuse", str(o.refuse), "--refuse-status", str(int(o.refuse_status)),
+                "--retry-after", str(o.retry_after), "--generate-delay",
+                str(o.generate_delay)]
         if self.checkpoint is not None:
             args += ["--checkpoint", str(self.checkpoint)]
         if self.model_id is not None:
             args += ["--model-id", self.model_id]
-        if self.fail_jobs:
+        if o.fail_jobs:
             args.append("--fail-jobs")
         return args
 
@@ -518,6 +622,15 @@ class InferenceServer(Service):
         self.spawn(self.argv())
         self.wait_ready(lambda: http_get(f"{self.url}/health", timeout=2.0)[0] > 0, timeout)
         return self
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats: {"connections", "jobs", "requests": [{"connection", "method", "path",
+        "status" (None while unanswered), "received" (the server's time.monotonic())}, ...]}
+        (/stats itself not logged)."""
+        status, body = http_get(f"{self.url}/stats", timeout=10.0)
+        assert status == HTTPStatus.OK, body
+        answer: dict[str, Any] = json.loads(body)
+        return answer
 
 
 if __name__ == "__main__":

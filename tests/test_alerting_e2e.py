@@ -1,13 +1,20 @@
 """End to end on 127.0.0.1: a damaged checkpoint makes EvalRegression reach the webhook.
 
-Real parts all the way: the tiny model's checkpoints, `tunewatch evaluate`, Prometheus with
-the repository's eval alert rules (unchanged, `for: 1m` included), Alertmanager with the
-repository's routing (group_wait shortened), and `tunewatch alert-log` as the receiver. The
-regression is made as regressions happen: noise added to the weights of the best checkpoint.
+Real parts all the way: the tiny model's checkpoint, `tunewatch evaluate`, Prometheus with the
+repository's eval alert rules (unchanged, `for: 1m` included), Alertmanager with the
+repository's routing (group_wait shortened), and `tunewatch alert-log` as the receiver.
+
+The regression is real by construction, on any machine: the suite is the last checkpoint's
+answer key (its own greedy answers as the golden ones), so that checkpoint answers it right,
+and the damaged copy has every weight zeroed, so it answers nothing right
+(tunewatch.tinymodel.blank_checkpoint). What the test asserts are rules: the drop and the
+p-value Prometheus reports equal those computed again from the per-example results in the
+evaluator's state file, and the alert fires because those pass the configured thresholds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -15,9 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from paired_reference import is_regression, pairs
 from services import AlertPipeline, wait_for
 
-from tunewatch.tinymodel import degrade_checkpoint
+from tunewatch.config import EvaluatorConfig
+from tunewatch.tinymodel import blank_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -25,14 +34,16 @@ log = logging.getLogger(__name__)
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, tiny_run) -> Iterator[AlertPipeline]:
+def pipeline(tmp_path: Path, tiny_run, answer_key: Path) -> Iterator[AlertPipeline]:
+    # One healthy checkpoint: with no baseline before it, nothing can regress until the
+    # damaged one arrives.
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
-    for src in tiny_run.checkpoints:
-        shutil.copytree(src, ckpts / src.name)
+    last = tiny_run.checkpoints[-1]
+    shutil.copytree(last, ckpts / last.name)
     pipe = AlertPipeline(tmp_path, REPO, group_wait="1s")
     try:
-        yield pipe.start(ckpts, tiny_run.data_dir, run="e2e", host="eval1")
+        yield pipe.start(ckpts, answer_key, run="e2e", host="eval1")
     finally:
         pipe.stop()
 
@@ -40,12 +51,34 @@ def pipeline(tmp_path: Path, tiny_run) -> Iterator[AlertPipeline]:
 def test_a_damaged_checkpoint_pages_with_the_step_and_the_drop(pipeline: AlertPipeline):
     prom = pipeline.prom
     ckpts = pipeline.workdir / "checkpoints"
-    prom.wait_value('tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}',
-                    lambda v: v == 300, timeout=120)
-    # Healthy checkpoints rising: nothing may fire.
+    step = 'tunewatch_eval_checkpoint_step{job="tunewatch-evaluator"}'
+    prom.wait_value(step, lambda v: v == 300, timeout=120)
+    # The healthy checkpoint alone: nothing may fire.
     assert prom.value("count(ALERTS{alertname=\"EvalRegression\"})") is None
     written = time.monotonic()
-    degrade_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301", noise=1.0, seed=0)
+    blank_checkpoint(ckpts / "checkpoint-300", ckpts / "checkpoint-301")
+    prom.wait_value(step, lambda v: v == 301, timeout=240)
+    sel = 'job="tunewatch-evaluator",baseline="previous"'
+    # The comparisons follow the measurement: wait for the one against step 300.
+    prom.wait_value(f"tunewatch_eval_baseline_step{{{sel}}}", lambda v: v == 300, timeout=60)
+
+    # The per-example results the evaluator kept, and what follows from them.
+    state = json.loads((pipeline.workdir / "state" / "state.json").read_text())
+    good, bad = state["outcomes"]["300"], state["outcomes"]["301"]
+    assert not any(em for em, _d in bad.values()), "a blank checkpoint answers nothing right"
+    paired = pairs(bad, good)
+    assert paired.fixed == 0 and paired.broken == sum(em for em, _d in good.values())
+    rules = EvaluatorConfig().regression
+    overall_fires = paired.is_drop(rules.min_drop_overall, rules.max_p_value)
+    assert overall_fires, ("the answer key makes checkpoint-300 right on enough examples for "
+                           f"a significant drop: {paired}")
+    assert is_regression(bad, good, rules)
+    drop = prom.value(f"-tunewatch_eval_exact_match_difference_ratio{{{sel}}}")
+    assert drop == pytest.approx(paired.drop, abs=1e-9)
+    p_value = prom.value(f"tunewatch_eval_regression_p_value{{{sel}}}")
+    assert p_value == pytest.approx(paired.p_value, rel=1e-6, abs=1e-300)
+    assert prom.value(f"tunewatch_eval_regression{{{sel}}}") == 1
+
     wait_for(lambda: pipeline.firing("EvalRegression"), 240, "EvalRegression at the webhook")
     latency = time.monotonic() - written
     log.info("checkpoint written -> notification received: %.1f s", latency)
@@ -57,8 +90,6 @@ def test_a_damaged_checkpoint_pages_with_the_step_and_the_drop(pipeline: AlertPi
     text = alert["annotations"]["description"]
     assert "Run e2e: the checkpoint at step 301" in text
     assert "%" in text and "McNemar p =" in text
-    drop = prom.value('-tunewatch_eval_exact_match_difference_ratio{baseline="previous"}')
-    assert drop is not None and drop >= 0.05
     assert f"{drop * 100:.4g}%" in text  # humanizePercentage
     receivers = {n["receiver"] for n in pipeline.notifications()
                  for a in n["alerts"] if a["labels"].get("severity") == "critical"}

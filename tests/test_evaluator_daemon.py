@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from paired_reference import is_regression, pairs
 from services import free_port, http_get, wait_for
+
+from tunewatch.config import EvaluatorConfig
 
 pytestmark = pytest.mark.slow
 
@@ -129,22 +132,33 @@ def test_daemon_series(tiny_run, prometheus, tmp_path):
         assert entry["evaluated_at"] >= written
         assert ev.sample("tunewatch_eval_failures_total", 'reason="config"') == 0
 
-        # Exact match rises from checkpoint to checkpoint, as Prometheus sees it.
+        # Each checkpoint's exact match, as Prometheus sees it, is the share of its examples
+        # the state file keeps as right (whatever the trained model gets right here).
+        outcomes = state["outcomes"]
+        prometheus.wait_value(  # the comparisons and the ranking follow the measurement
+            'tunewatch_eval_baseline_step{job="evaluator",baseline="previous"}',
+            lambda v: v == 200)
         ems = [prometheus.value(
             f'tunewatch_eval_ranking_exact_match_ratio{{job="evaluator",step="{s}"}}')
             for s in (100, 200, 300)]
-        assert all(v is not None for v in ems)
-        assert ems[0] < ems[2] and ems[1] < ems[2]
+        for s, em in zip(("100", "200", "300"), ems, strict=True):
+            assert len(outcomes[s]) == 150
+            assert em == pytest.approx(sum(v[0] for v in outcomes[s].values()) / 150), s
         overall = prometheus.value(
             'tunewatch_eval_exact_match_ratio{job="evaluator",difficulty="all"}')
         assert overall == pytest.approx(ems[2])
+        # The comparison with the previous checkpoint follows from the paired outcomes.
+        paired = pairs(outcomes["300"], outcomes["200"])
+        prev = 'job="evaluator",baseline="previous"'
         assert prometheus.value(
-            'tunewatch_eval_baseline_step{job="evaluator",baseline="previous"}') == 200
-        p_prev = prometheus.value(
-            'tunewatch_eval_regression_p_value{job="evaluator",baseline="previous"}')
-        assert p_prev is not None and 0 < p_prev <= 1
+            f"tunewatch_eval_regression_p_value{{{prev}}}") == pytest.approx(
+                paired.p_value, rel=1e-9, abs=1e-300)
         assert prometheus.value(
-            'tunewatch_eval_regression{job="evaluator",baseline="previous"}') == 0
+            f"-tunewatch_eval_exact_match_difference_ratio{{{prev}}}") == pytest.approx(
+                paired.drop, abs=1e-9)
+        rules = EvaluatorConfig().regression
+        assert prometheus.value(f"tunewatch_eval_regression{{{prev}}}") == float(
+            is_regression(outcomes["300"], outcomes["200"], rules))
         mix = prometheus.value('sum(tunewatch_eval_curriculum_mix_ratio{job="evaluator"})')
         assert mix == pytest.approx(1.0)
         assert prometheus.value('tunewatch_eval_lag_steps{job="evaluator"}') == 0
@@ -152,10 +166,16 @@ def test_daemon_series(tiny_run, prometheus, tmp_path):
             'tunewatch_eval_run_info{job="evaluator",run="test-run"}') == 1
         assert prometheus.value('time() - tunewatch_eval_last_success_timestamp_seconds'
                                 '{job="evaluator"}') < 120
-        hard = list((state_dir / "hard_examples").glob("hard_examples_*.jsonl"))
-        record = json.loads(hard[0].read_text().splitlines()[0])
-        assert record["messages"][-1]["role"] == "assistant"
-        assert {"pattern", "failure_mode", "difficulty", "step"} <= set(record)
+        # Hard examples: each checkpoint's wrong answers, one row each.
+        rows = [json.loads(line)
+                for path in (state_dir / "hard_examples").glob("hard_examples_*.jsonl")
+                for line in path.read_text().splitlines()]
+        for s in ("100", "200", "300"):
+            wrong = sum(1 for em, _d in outcomes[s].values() if not em)
+            assert sum(1 for r in rows if r["step"] == int(s)) == wrong, s
+        for record in rows:
+            assert record["messages"][-1]["role"] == "assistant"
+            assert {"pattern", "failure_mode", "difficulty", "step"} <= set(record)
 
         # promtool finds nothing in the exposition.
         check = subprocess.run(["promtool", "check", "metrics"], input=ev.metrics(),

@@ -8,13 +8,16 @@ import sys
 
 import pytest
 
+from exporters.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+
 pytestmark = pytest.mark.slow
 
 
 def test_bench_smoke(repo_root):
     done = subprocess.run(
-        [sys.executable, str(repo_root / "bench" / "bench_exporter.py"), "--smoke", "--json"],
-        capture_output=True, text=True, check=False, timeout=300,
+        [sys.executable, str(repo_root / "bench" / "bench_exporter.py"), "--smoke", "--json",
+         "--compare"],
+        capture_output=True, text=True, check=False, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
@@ -22,3 +25,16 @@ def test_bench_smoke(repo_root):
     assert figures["series"] > 900  # 23 recorded boards: about 1k series
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert figures["cpu_ms_per_scrape"] > 0
+    # Scraped with Prometheus's headers, the default server answers text, gzipped.
+    assert figures["content_type"] == TEXT_CONTENT_TYPE
+    assert figures["content_encoding"] == "gzip"
+    # A real Prometheus scraped it and recorded its durations.
+    assert figures["prometheus_scrapes"] > 0
+    assert 0 < figures["prometheus_p50_ms"] <= figures["prometheus_p99_ms"] \
+        <= figures["prometheus_max_ms"]
+    compared = figures["compare"]
+    assert compared["openmetrics"]["content_type"] == OPENMETRICS_CONTENT_TYPE
+    assert compared["gzip_level_0"]["content_encoding"] == ""
+    assert compared["gzip_level_9"]["content_encoding"] == "gzip"
+    for fig in compared.values():
+        assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["max_ms"]

@@ -17,6 +17,7 @@ from services import (
     free_port,
     http_get,
     promtool_check_metrics,
+    wait_for,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +149,31 @@ def test_landing_health_ready(host_exporter):
     assert http_get(exporter.url + "/")[0] == 200
     assert http_get(exporter.url + "/-/healthy")[0] == 200
     assert http_get(exporter.url + "/-/ready")[0] == 200
+
+
+def test_ready_only_after_the_first_collection(tmp_path: Path):
+    """/-/ready is 503 while the first collection cannot finish, 200 once it has.
+
+    The process collector reads its pid file on every collection; a FIFO makes that read
+    wait until the test writes a pid, so "collection not done" is a state, not a race.
+    """
+    fifo = tmp_path / "trainer.pid"
+    os.mkfifo(fifo)
+    config = tmp_path / "tunewatch.yml"
+    config.write_text(yaml.safe_dump({"exporter": {
+        "collector_timeout_seconds": 120.0,
+        "collectors": {"gpu": False, "files": False, "process": True},
+        "processes": [{"name": "trainer", "pid_file": str(fifo)}],
+    }}))
+    exporter = Tunewatch("exporter-ready", tmp_path).start(["exporter", "--config", str(config)])
+    try:
+        assert http_get(exporter.url + "/-/ready")[0] == 503
+        with open(fifo, "w") as writer:  # unblocks the collection waiting on the read
+            writer.write(f"{os.getpid()}\n")
+        wait_for(lambda: http_get(exporter.url + "/-/ready")[0] == 200, 30,
+                 "the exporter to be ready after its first collection")
+    finally:
+        exporter.stop()
 
 
 def run_exporter(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

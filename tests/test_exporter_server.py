@@ -9,17 +9,35 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import bcrypt
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from exporters.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_ACCEPT,
+    SCRAPE_TIMEOUT_HEADER,
+    TEXT_CONTENT_TYPE,
+    prometheus_scrape_headers,
+    render_text,
+)
 from exporters.framework import CollectorSet
-from exporters.server import MetricsServer, ServerOptions, ServerStartError, parse_listen_address
+from exporters.server import (
+    MetricsServer,
+    ServerOptions,
+    ServerStartError,
+    parse_listen_address,
+    section_options,
+)
 from exporters.webconfig import WebConfigError, load_web_config
+from tunewatch.config import ConfigError, load_config
 
 
 class Fixed:
@@ -95,14 +113,162 @@ def test_endpoints(plain: MetricsServer):
     assert fetch(plain.url + "/nope")[0] == 404
 
 
-def test_openmetrics_and_gzip(plain: MetricsServer):
-    status, headers, body = fetch(plain.url + "/metrics", {
-        "Accept": "application/openmetrics-text; version=1.0.0",
-        "Accept-Encoding": "gzip"})
-    assert status == 200
-    assert headers["Content-Type"].startswith("application/openmetrics-text")
-    assert headers["Content-Encoding"] == "gzip"
-    assert gzip.decompress(body).rstrip().endswith(b"# EOF")
+class Labelled(Fixed):
+    """A fixed family with labels, so that label rendering is part of what is compared."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("tunewatch_test_labelled", "labelled", labels=["gpu", "uuid"])
+        for gpu in range(3):
+            family.add_metric([str(gpu), f"GPU-{gpu}"], 1.5e10 + gpu)
+        yield family
+
+
+def fixed_server(**options) -> MetricsServer:
+    """A server over collectors whose output never changes between two renderings (so
+    without the process metrics, whose CPU time moves)."""
+    registry = CollectorRegistry()
+    registry.register(Fixed("a"))
+    registry.register(Labelled("b"))
+    server = MetricsServer(registry, "127.0.0.1:0",
+                           options=ServerOptions(**{"process_metrics": False, **options}))
+    server.start()
+    return server
+
+
+def test_prometheus_headers_get_text_gzipped_byte_equal_to_render_text():
+    server = fixed_server()
+    try:
+        status, headers, body = fetch(server.url + "/metrics", prometheus_scrape_headers(10))
+        assert status == 200
+        assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(body) == render_text(server.registry)
+    finally:
+        server.stop()
+
+
+def test_openmetrics_only_accept_gets_text_when_openmetrics_is_off():
+    """client_golang without EnableOpenMetrics: text for an Accept it does not offer."""
+    server = fixed_server()
+    try:
+        status, headers, body = fetch(server.url + "/metrics", {
+            "Accept": "application/openmetrics-text; version=1.0.0"})
+        assert status == 200
+        assert headers["Content-Type"] == TEXT_CONTENT_TYPE
+        assert "Content-Encoding" not in headers
+        assert body == render_text(server.registry)
+    finally:
+        server.stop()
+
+
+def test_openmetrics_setting_gives_openmetrics_to_prometheus():
+    server = fixed_server(openmetrics=True)
+    try:
+        status, headers, body = fetch(server.url + "/metrics", prometheus_scrape_headers(10))
+        assert status == 200
+        assert headers["Content-Type"] == OPENMETRICS_CONTENT_TYPE
+        assert gzip.decompress(body) == openmetrics_latest(server.registry)
+        # A scraper that prefers text still gets text.
+        _, headers, body = fetch(server.url + "/metrics", {"Accept": "text/plain"})
+        assert headers["Content-Type"] == TEXT_CONTENT_TYPE
+        assert body == render_text(server.registry)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_gzip_level(level: int):
+    server = fixed_server(gzip_level=level)
+    try:
+        _, headers, body = fetch(server.url + "/metrics", prometheus_scrape_headers(10))
+        if level == 0:
+            assert "Content-Encoding" not in headers
+            assert body == render_text(server.registry)
+        else:
+            assert headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(body) == render_text(server.registry)
+        # Without gzip in Accept-Encoding the body is never compressed.
+        _, headers, body = fetch(server.url + "/metrics", {"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in headers
+        assert body == render_text(server.registry)
+    finally:
+        server.stop()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every GET with one gauge and keeps the request headers it was sent."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(dict(self.headers))
+        body = b"tunewatch_test_recorded 1\n"
+        self.send_response(200)
+        self.send_header("Content-Type", TEXT_CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+def test_the_header_constant_is_what_the_real_prometheus_sends(prometheus):
+    """PROMETHEUS_ACCEPT (sent by the benchmarks and the tests above) is checked against
+    the real binary's scrape requests."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        prometheus.add_target("recorder", f"127.0.0.1:{httpd.server_address[1]}")
+        prometheus.wait_up("recorder")
+        request = _Recorder.seen[-1]
+        assert request["Accept"] == PROMETHEUS_ACCEPT
+        assert request["Accept-Encoding"] == "gzip"
+        assert float(request[SCRAPE_TIMEOUT_HEADER]) > 0
+    finally:
+        prometheus.remove_target("recorder")
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("accept", "accept_encoding"), [
+    (PROMETHEUS_ACCEPT, "gzip"),
+    ("application/openmetrics-text; version=1.0.0", "gzip"),
+    ("application/openmetrics-text", ""),
+    ("text/plain;version=0.0.4", "identity"),
+    ("text/plain;version=1.0.0", "deflate, gzip"),
+    ("*/*", ""),
+    ("", "br"),
+])
+def test_negotiates_as_node_exporter_does(node_exporter, accept: str, accept_encoding: str):
+    """node_exporter is client_golang's promhttp handler with OpenMetrics off: for the same
+    request headers, the same Content-Type and Content-Encoding as ours by default."""
+    server = fixed_server()
+    headers = {k: v for k, v in {"Accept": accept, "Accept-Encoding": accept_encoding}.items()
+               if v}
+    try:
+        _, theirs, _ = fetch(f"http://{node_exporter.address}/metrics", headers)
+        _, ours, _ = fetch(server.url + "/metrics", headers)
+    finally:
+        server.stop()
+    assert ours["Content-Type"] == theirs["Content-Type"]
+    assert ours.get("Content-Encoding") == theirs.get("Content-Encoding")
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_real_prometheus_scrapes_either_format(prometheus, openmetrics: bool):
+    server = fixed_server(openmetrics=openmetrics)
+    job = f"negotiated-{openmetrics}".lower()
+    try:
+        prometheus.add_target(job, f"127.0.0.1:{server.port}")
+        prometheus.wait_up(job)
+        value = prometheus.wait_value(
+            f'tunewatch_test_labelled{{job="{job}",gpu="2"}}', lambda v: v > 0)
+        assert value == 1.5e10 + 2
+    finally:
+        prometheus.remove_target(job)
+        server.stop()
 
 
 def test_name_filter(plain: MetricsServer):
@@ -304,3 +470,18 @@ def test_concurrent_scrapes_share_one_exposition():
         t.join(10)
     assert results == [b"body 1"] * 5 and len(calls) == 1
     assert flights.run("k", produce) == b"body 2"  # a later scrape: a new collection
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("section", ["exporter", "training", "evaluator"])
+def test_exposition_settings_come_from_each_server_section(tmp_path: Path, section: str):
+    path = tmp_path / "tunewatch.yml"
+    path.write_text(f"{section}:\n  openmetrics: true\n  gzip_level: 6\n")
+    cfg = load_config(path, environ={})
+    options = section_options(getattr(cfg, section), "t")
+    assert (options.openmetrics, options.gzip_level) == (True, 6)
+    path.write_text(f"{section}:\n  gzip_level: 10\n")
+    with pytest.raises(ConfigError, match=f"{section}.gzip_level"):
+        load_config(path, environ={})

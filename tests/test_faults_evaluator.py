@@ -81,7 +81,7 @@ def test_sigkill_mid_checkpoint_evaluates_it_exactly_once(tiny_run, tmp_path: Pa
     rows = [json.loads(line) for path in (state_dir / "hard_examples").glob("*.jsonl")
             for line in path.read_text().splitlines()]
     keys = Counter((r["step"], r["id"]) for r in rows)
-    assert keys and max(keys.values()) == 1
+    assert all(n == 1 for n in keys.values()), keys
     wrong = {s: sum(1 for em, _d in o.values() if not em) for s, o in state["outcomes"].items()}
     assert Counter(str(r["step"]) for r in rows) == {s: n for s, n in wrong.items() if n}
 

@@ -8,6 +8,7 @@ each fault flag is checked to produce the fault it promises.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -204,3 +205,35 @@ def test_job_delay_keeps_jobs_waiting(tmp_path: Path, tiny_run, prompt: str) -> 
     finally:
         server.stop()
     assert "listening on 127.0.0.1:" in server.log_path.read_text()
+
+
+def test_refusals_and_connections_are_what_stats_reports(tmp_path: Path) -> None:
+    """--refuse 2: the first two API requests get 429 with Retry-After, /health never does;
+    /stats numbers connections, so requests over one kept-alive connection share a number."""
+    server = InferenceServer(tmp_path, refuse=2, retry_after=7).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        answers = []
+        for path in ("/models", "/health", "/models", "/models"):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            answers.append((path, resp.status, resp.getheader("Retry-After"),
+                            json.loads(resp.read())))
+        conn.close()
+        assert get_json(f"{server.url}/models") == (200, {"models": []})
+        stats = server.stats()
+    finally:
+        server.stop()
+    assert [(p, s, r) for p, s, r, _ in answers] == [
+        ("/models", 429, "7"), ("/health", 200, None), ("/models", 429, "7"),
+        ("/models", 200, None)]
+    assert answers[3][3] == {"models": []}
+    logged = [(r["method"], r["path"], r["status"]) for r in stats["requests"]]
+    assert logged[-5:] == [("GET", "/models", 429), ("GET", "/health", 200),
+                           ("GET", "/models", 429), ("GET", "/models", 200),
+                           ("GET", "/models", 200)]
+    kept, fresh = stats["requests"][-5:-1], stats["requests"][-1]
+    assert len({r["connection"] for r in kept}) == 1
+    assert fresh["connection"] != kept[0]["connection"]
+    # the connection of GET /stats itself came last
+    assert stats["connections"] == fresh["connection"] + 1 and stats["jobs"] == 0

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import Tunewatch, free_port, http_get, promtool_check_metrics, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-ROW = re.compile(r"^\| `(tunewatch_\w+)` \| (\w+)")
+ROW = re.compile(r"^\| `((?:tunewatch|process|python)_\w+)` \| (\w+)")
 COMMON = "Every tunewatch server"
 HOST = "Host exporter"
 
@@ -131,9 +131,9 @@ def test_every_row_is_well_formed():
 @pytest.fixture(scope="module")
 def training_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """The sidecar on a status file and a queue with a malformed line, after a scrape with
-    the status file missing; and TrainingMetrics (what the callback publishes) served by
-    `exporters.training.serve` after steps, an evaluation, a checkpoint and a NaN loss."""
-    from exporters.training import TrainingMetrics, serve
+    the status file missing; and the PrometheusCallback serving a TrainingMetrics after
+    steps, logs, an evaluation, a checkpoint and a NaN loss."""
+    from exporters.training import PrometheusCallback, TrainingMetrics
 
     root = tmp_path_factory.mktemp("catalogue-training")
     status = root / "training_status.json"
@@ -143,7 +143,8 @@ def training_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[st
     sidecar = Tunewatch("sidecar", root).start(
         ["training-sidecar", "--status-file", str(status), "--queue-dir", f"{queue}:high"])
     metrics = TrainingMetrics(run="cat", model_name="tiny", dataset="d", regime="plain_sft")
-    server = serve(metrics, f"127.0.0.1:{free_port()}")
+    callback = PrometheusCallback(listen_address=f"127.0.0.1:{free_port()}", metrics=metrics)
+    server = callback.start_server()
     try:
         sidecar.metrics()  # status file missing: the error path
         status.write_text(json.dumps({
@@ -156,13 +157,14 @@ def training_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[st
         metrics.update(step=1, max_steps=10, epoch=0.1, loss=2.0, grad_norm=1.0,
                        learning_rate=1e-4, tokens=100, samples=4)
         metrics.update(step=2, loss=float("nan"))
+        metrics.logged({"loss": 1.8, "reward": float("inf")})
         metrics.evaluated({"eval_loss": 1.9, "eval_accuracy": 0.25})
         metrics.checkpoint_saved(2)
         status_code, body = http_get(f"{server.url}/metrics")
         assert status_code == 200
         yield [sidecar.metrics(), body.decode()]
     finally:
-        server.stop()
+        callback.stop()
         sidecar.stop()
 
 

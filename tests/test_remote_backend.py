@@ -36,7 +36,7 @@ from evaluators.predictions.recorder import Recorder
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Filters, open_store
 from evaluators.remote.backend import RemoteEvaluator, model_id_for
-from evaluators.remote.client import InferenceClient, RemoteStats
+from evaluators.remote.client import RETRY_REASONS, InferenceClient, RemoteStats
 from tunewatch.config import (
     Config,
     ConfigError,
@@ -77,7 +77,9 @@ def server(tiny_run, last, tmp_path_factory) -> Iterator[InferenceServer]:
 
 @pytest.fixture(scope="module")
 def local_result(tiny_run, last):
-    cfg = dataclasses.replace(Config().evaluator, device="cpu", batch_size=8)
+    # One example per batch, as the test server generates each job: the same computation,
+    # so the answers must be the same on any machine (a padded batch may tip a near-tie).
+    cfg = dataclasses.replace(Config().evaluator, device="cpu", batch_size=1)
     return evaluate_checkpoint(last, cfg, data_dir=tiny_run.data_dir, limit=LIMIT)
 
 
@@ -368,8 +370,146 @@ def test_compare_through_the_server_switches_it_and_equals_the_local_table(
                                  check=False)
     finally:
         InferenceClient(remote_cfg(server.url).remote).set_active(model_id(last))
-    local = table()
+    # One example per batch, as the server generates each job: the same computation.
+    local = table(TUNEWATCH_EVALUATOR__BATCH_SIZE="1")
     assert remote["overall"] == local["overall"]
     assert (remote["both_right"], remote["both_wrong"]) == (local["both_right"],
                                                             local["both_wrong"])
     assert refused.returncode == 1 and "reason=wrong_model" in refused.stderr
+
+
+# --------------------------------------------------------------------------- HTTP behaviour
+# Counted from the server's side (GET /stats of tests/inference_server.py): the connections
+# the client used, the requests it sent and the jobs they created.
+
+PROMPT = "What is 12+34?"
+
+
+def requests_to(server: InferenceServer, method: str, path: str) -> list[dict[str, object]]:
+    """The server's log of `method` requests whose path starts with `path`."""
+    return [r for r in server.stats()["requests"]
+            if r["method"] == method and str(r["path"]).startswith(path)]
+
+
+class Sleeps:
+    """The client's sleep: really sleeps, and remembers each wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        import time
+
+        self.waits.append(seconds)
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize(("status", "reason"), [(429, "rate_limited"), (503, "server_error")])
+def test_a_refusal_with_retry_after_is_waited_for_then_the_job_sent_again(
+    last, tmp_path, status: int, reason: str
+) -> None:
+    """A 429 (or a busy 503) with Retry-After means no job was made: POST /generate is sent
+    again, no sooner than the server asked, and the server runs exactly one job."""
+    retry_after = 1
+    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last), refuse=1,
+                          refuse_status=status, retry_after=retry_after).start()
+    stats, sleeps = RemoteStats(), Sleeps()
+    try:
+        with InferenceClient(remote_cfg(srv.url).remote, stats, sleep=sleeps) as client:
+            results = client.run([PROMPT], 2, [], 1)
+        posts = requests_to(srv, "POST", "/generate")
+        jobs = srv.stats()["jobs"]
+    finally:
+        srv.stop()
+    assert len(results) == 1 and results[0].model == model_id(last)
+    assert stats.snapshot()["retries"] == {r: int(r == reason) for r in RETRY_REASONS}
+    # POST /generate is the first call: the first wait is its retry, longer than the
+    # configured backoff because the server asked for more.
+    assert remote_cfg(srv.url).remote.retry_backoff_seconds < retry_after <= sleeps.waits[0]
+    assert [p["status"] for p in posts] == [status, 200]
+    assert float(posts[1]["received"]) - float(posts[0]["received"]) >= retry_after
+    assert jobs == 1
+
+
+def test_a_job_is_submitted_and_polled_over_one_connection(last, tmp_path) -> None:
+    """Keep-alive: the client's calls share one TCP connection; close() ends it."""
+    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
+                          job_delay=0.3).start()
+    try:
+        client = InferenceClient(remote_cfg(srv.url).remote)
+        client.health()
+        assert client.active_model() == model_id(last)
+        assert len(client.run([PROMPT] * 3, 2, [], 2)) == 3
+        mine = [r for r in srv.stats()["requests"] if r["path"] != "/health"]
+        client.close()
+        assert client.active_model() == model_id(last)  # a closed client opens a new one
+        after = [r for r in srv.stats()["requests"] if r["path"] == "/models/active"]
+    finally:
+        srv.stop()
+    polls = [r for r in mine if str(r["path"]).startswith("/jobs/")]
+    assert len(polls) > 3, "each job must have been polled more than once"
+    assert sum(r["path"] == "/generate" for r in mine) == 3
+    assert len({r["connection"] for r in mine}) == 1
+    assert after[-1]["connection"] != mine[0]["connection"]
+
+
+def test_a_post_that_timed_out_on_read_is_not_sent_again(last, tmp_path) -> None:
+    """The server queued the job but answered too late: sending the POST again would make
+    it run a second job, so the call fails instead (and the daemon retries the checkpoint)."""
+    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
+                          generate_delay=3.0).start()
+    stats = RemoteStats()
+    try:
+        client = InferenceClient(
+            remote_cfg(srv.url, request_timeout_seconds=0.5, request_retries=3).remote, stats)
+        with pytest.raises(EvaluationError) as err, client:
+            client.submit(PROMPT, 2, [])
+        posts = requests_to(srv, "POST", "/generate")
+        jobs = srv.stats()["jobs"]
+    finally:
+        srv.stop()
+    assert err.value.reason == "remote_unavailable" and "not sent again" in str(err.value)
+    assert len(posts) == 1 and jobs == 1
+    assert sum(stats.snapshot()["retries"].values()) == 0
+
+
+def test_a_5xx_on_generate_is_not_sent_again_but_on_a_get_it_is(tmp_path) -> None:
+    """Without an active model the server answers POST /generate 503 without Retry-After:
+    it may have acted, so it is not sent again; a GET with a 5xx is."""
+    srv = InferenceServer(tmp_path, health_status=500).start()
+    stats = RemoteStats()
+    try:
+        with InferenceClient(remote_cfg(srv.url).remote, stats) as client:
+            with pytest.raises(EvaluationError) as post:
+                client.submit(PROMPT, 2, [])
+            with pytest.raises(EvaluationError) as get:
+                client.health()
+        posts = requests_to(srv, "POST", "/generate")
+    finally:
+        srv.stop()
+    assert post.value.reason == get.value.reason == "remote_unavailable"
+    assert "HTTP 503" in str(post.value) and "not sent again" in str(post.value)
+    assert len(posts) == 1
+    cfg = remote_cfg(srv.url).remote
+    assert stats.snapshot()["retries"]["server_error"] == cfg.request_retries - 1
+
+
+@pytest.mark.parametrize(("retry_after", "tries"), [(0, 3), (5, 1)])
+def test_rate_limiting_ends_as_unavailable(tmp_path, retry_after: int, tries: int) -> None:
+    """A server that keeps refusing: tried request_retries times (each retry counted as
+    rate_limited); one asking for a wait beyond job_timeout_seconds is not waited for."""
+    srv = InferenceServer(tmp_path, refuse=10, retry_after=retry_after).start()
+    stats, sleeps = RemoteStats(), Sleeps()
+    cfg = remote_cfg(srv.url, request_retries=3, job_timeout_seconds=2.0).remote
+    try:
+        with pytest.raises(EvaluationError) as err, InferenceClient(
+                cfg, stats, sleep=sleeps) as client:
+            client.active_model()
+        gets = requests_to(srv, "GET", "/models/active")
+    finally:
+        srv.stop()
+    assert err.value.reason == "remote_unavailable" and "HTTP 429" in str(err.value)
+    assert [g["status"] for g in gets] == [429] * tries
+    assert stats.snapshot()["retries"]["rate_limited"] == tries - 1 == len(sleeps.waits)
+    # The doubling backoff still applies when the server asks for no wait.
+    assert sleeps.waits == [cfg.retry_backoff_seconds * 2 ** i for i in range(tries - 1)]

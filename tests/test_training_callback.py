@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from services import free_port, http_get, promtool_check_metrics
+from services import free_port, http_get, promtool_check_metrics, wait_for
+from transformers import TrainerCallback
 
 from exporters.server import ServerStartError
 from exporters.training import PrometheusCallback, TrainingMetrics, serve
@@ -135,7 +140,9 @@ def test_tokens_absent_unless_the_trainer_counts_them(tmp_path: Path):
     got = samples(text)
     run = (("run", "t"),)
     assert got[("tunewatch_training_step", run)] == 3
-    assert got[("tunewatch_training_samples_total", run)] == 12
+    # Steps times the effective batch (per-device batch x accumulation x processes).
+    assert got[("tunewatch_training_samples_total", run)] == 3 * (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     assert got[("tunewatch_training_loss", run)] == 1.25  # the non-finite ones are not the loss
     assert got[("tunewatch_training_nonfinite_loss_total", run)] == 2
     assert got[("tunewatch_training_eval_loss", run)] == 1.5
@@ -197,3 +204,183 @@ def test_taken_port_is_a_clear_error():
             PrometheusCallback(listen_address=f"127.0.0.1:{first.port}").start_server()
     finally:
         first.stop()
+
+
+# --------------------------------------------------------------------------- never harm training
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if needle in r.getMessage()]
+
+
+def test_taken_port_never_stops_training(tiny_parts, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture):
+    """The real Trainer on a taken port trains to the end; /metrics appears once it frees."""
+    spec, pairs, tokenizer = tiny_parts
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    callback = PrometheusCallback(listen_address=address, run="taken", crash_grace_seconds=0,
+                                  bind_retry_seconds=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunewatch.training"):
+            trainer = tinymodel.train(tinymodel.build_model(spec, tokenizer, 0), tokenizer,
+                                      pairs, tmp_path / "ckpt", max_steps=20, save_steps=10,
+                                      seed=0, spec=spec, callbacks=[callback])
+        assert trainer.state.global_step == 20
+        assert callback.server is None, "the port is still taken"
+        warnings = log_lines(caplog, address)
+        assert len(warnings) == 1 and "in use" in warnings[0], warnings
+        blocker.close()
+        texts: list[str] = []
+
+        def served() -> bool:
+            status, body = http_get(f"http://{address}/metrics")
+            texts.append(body.decode())
+            return status == 200
+
+        wait_for(served, 30, f"/metrics on {address} once the port is free")
+    finally:
+        blocker.close()
+        callback.stop()
+    got = samples(texts[-1])
+    run = (("run", "taken"),)
+    assert got[("tunewatch_training_step", run)] == trainer.state.global_step
+    assert got[("tunewatch_training_state", (("run", "taken"), ("state", "completed")))] == 1
+    assert got[("tunewatch_training_exporter_bind_failures_total",
+                (("reason", "address_in_use"), ("run", "taken")))] >= 1
+    assert not any(v for (name, _), v in got.items()
+                   if name == "tunewatch_training_callback_errors_total")
+    args = trainer.args
+    assert got[("tunewatch_training_samples_total", run)] == trainer.state.global_step * (
+        args.train_batch_size * args.gradient_accumulation_steps * args.world_size)
+    last_loss = [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]
+    assert got[("tunewatch_training_loss", run)] == pytest.approx(last_loss)
+    assert got[("tunewatch_training_logged_metric", (("metric", "loss"), ("run", "taken")))] == (
+        pytest.approx(last_loss))
+    assert promtool_check_metrics(texts[-1]) == ""
+
+
+class UnreadableValueLogger(TrainerCallback):
+    """Adds values to the Trainer's logs before the PrometheusCallback sees them, as TRL and
+    users do: a reward on every log, and on every second log a tensor that cannot be read
+    (a meta-device tensor: float() raises RuntimeError inside the callback's on_log)."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[bool, float]] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+               **kwargs: Any) -> None:
+        import torch
+
+        unreadable = len(self.logs) % 2 == 1
+        reward = state.global_step / 7 + len(self.logs)
+        logs["reward"] = reward
+        if unreadable:
+            logs["stats"] = torch.empty((), device="meta")
+        self.logs.append((unreadable, reward))
+
+
+def test_failing_hook_is_counted_and_training_goes_on(tiny_parts, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture):
+    spec, pairs, tokenizer = tiny_parts
+    injector = UnreadableValueLogger()
+    callback = PrometheusCallback(listen_address="127.0.0.1:0", run="hook",
+                                  crash_grace_seconds=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunewatch.training"):
+            trainer = tinymodel.train(tinymodel.build_model(spec, tokenizer, 0), tokenizer,
+                                      pairs, tmp_path / "ckpt", max_steps=20, save_steps=10,
+                                      seed=0, spec=spec, callbacks=[injector, callback])
+        text = scrape(callback.server.url)
+    finally:
+        callback.stop()
+    assert trainer.state.global_step == 20
+    failed = sum(1 for unreadable, _ in injector.logs if unreadable)
+    assert failed >= 2
+    got = samples(text)
+    errors = {dict(labels)["reason"]: v for (name, labels), v in got.items()
+              if name == "tunewatch_training_callback_errors_total"}
+    assert errors.pop("on_log") == failed
+    assert set(errors.values()) == {0}, errors
+    assert len(log_lines(caplog, "PrometheusCallback.on_log failed")) == 1  # once per kind
+    # The logs that could be read are all published: the reward of the last of them.
+    last_good = [reward for unreadable, reward in injector.logs if not unreadable][-1]
+    assert got[("tunewatch_training_logged_metric", (("metric", "reward"), ("run", "hook")))] == (
+        pytest.approx(last_good))
+    assert got[("tunewatch_training_step", (("run", "hook"),))] == 20
+    assert got[("tunewatch_training_state", (("run", "hook"), ("state", "completed")))] == 1
+
+
+def test_every_numeric_log_key_is_published(tmp_path: Path):
+    """on_log publishes every numeric key (first N names), counts the rest and non-finite
+    values, ignores text; logs without a loss count too; the eval family has the same cap."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    cap = 4
+    logs = [
+        {"rewards/accuracy": 0.5, "kl": 0.01, "completion_length": 37, "note": "text",
+         "flag": True, "hist": [1, 2]},
+        {"loss": 1.5, "kl": float("nan"), "grad_norm": float("inf"), "learning_rate": 1e-3,
+         "extra": 2.0},
+        {"kl": 0.02, "rewards/accuracy": float("-inf"), "mean_token_accuracy": 0.9},
+    ]
+    numeric = [[k for k, v in entry.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)] for entry in logs]
+    names: list[str] = []
+    for keys in numeric:
+        names += [k for k in keys if k not in names]
+    admitted = names[:cap]
+    dropped = sum(1 for keys in numeric for k in keys if k not in admitted)
+    last_finite = {k: v for entry in logs for k, v in entry.items()
+                   if k in admitted and math.isfinite(v)}
+    nonfinite = {k: sum(1 for entry in logs if k in entry and not math.isfinite(entry[k]))
+                 for k in admitted}
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    state = TrainerState(max_steps=10)
+    callback = PrometheusCallback(listen_address="127.0.0.1:0", run="t",
+                                  max_logged_metrics=cap)
+    try:
+        callback.on_train_begin(args, state, TrainerControl())
+        for entry in logs:
+            callback.on_log(args, state, TrainerControl(), logs=dict(entry))
+        callback.on_evaluate(args, state, TrainerControl(), metrics={
+            f"eval_m{i}": float(i) for i in range(cap + 2)})
+        text = scrape(callback.server.url)
+    finally:
+        callback.stop()
+    got = samples(text)
+
+    def by_metric(family: str) -> dict[str, float]:
+        return {dict(labels)["metric"]: v for (name, labels), v in got.items()
+                if name == family}
+
+    assert by_metric("tunewatch_training_logged_metric") == pytest.approx(last_finite)
+    assert by_metric("tunewatch_training_logged_metric_nonfinite_total") == {
+        k: n for k, n in nonfinite.items() if n}
+    assert len(by_metric("tunewatch_training_eval_metric")) == cap
+    run = (("run", "t"),)
+    assert got[("tunewatch_training_logged_metrics_dropped_total", run)] == dropped + 2
+    assert got[("tunewatch_training_loss", run)] == 1.5
+    assert got[("tunewatch_training_learning_rate", run)] == 1e-3
+    assert ("tunewatch_training_grad_norm", run) not in got  # only ever infinite
+    assert not any(v != v or abs(v) == math.inf for v in got.values())
+    assert promtool_check_metrics(text) == ""
+
+
+def test_training_settings_come_from_the_config(repo_root: Path):
+    """tunewatch.yml's training keys are the callback's defaults; bad values name the key."""
+    import inspect
+
+    from tunewatch.config import ConfigError, load_config
+
+    cfg = load_config(repo_root / "tunewatch.yml", environ={})
+    params = inspect.signature(PrometheusCallback).parameters
+    for key in ("bind_retry_seconds", "max_logged_metrics", "crash_grace_seconds"):
+        assert params[key].default == getattr(cfg.training, key), key
+    for key, value in (("BIND_RETRY_SECONDS", "0"), ("MAX_LOGGED_METRICS", "-1")):
+        with pytest.raises(ConfigError, match=f"training.{key.lower()}"):
+            load_config(repo_root / "tunewatch.yml",
+                        environ={f"TUNEWATCH_TRAINING__{key}": value})

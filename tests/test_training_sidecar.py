@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from services import Tunewatch, free_port, promtool_check_metrics
+from services import Tunewatch, free_port, http_get, promtool_check_metrics, wait_for
 
 from exporters.training.sidecar import StatusFileCollector
 from exporters.training.status import parse_status, parse_timestamp, well_formed_line
@@ -277,3 +277,56 @@ def test_sidecar_port_taken_is_a_usage_error(tmp_path: Path, repo_root: Path):
             env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert done.returncode == 2, done.stderr
     assert f"127.0.0.1:{port}" in done.stderr
+
+
+def start_sidecar(tmp_path: Path, repo_root: Path, status: Path) -> Tunewatch:
+    sidecar = Tunewatch("sidecar", tmp_path / "work")
+    sidecar.workdir.mkdir()
+    return sidecar.start(["--config", str(repo_root / "tunewatch.yml"), "training-sidecar",
+                          "--status-file", str(status)], env={"TUNEWATCH_RUN": "ready1"})
+
+
+def ready_status(sidecar: Tunewatch) -> int:
+    return http_get(f"{sidecar.url}/-/ready")[0]
+
+
+def test_sidecar_is_ready_only_after_the_first_read(tmp_path: Path, repo_root: Path):
+    """A status file whose read blocks (a FIFO nobody writes yet, as a hung mount would):
+    the sidecar is alive but not ready; once the read returns, it is ready."""
+    status = tmp_path / "training_status.json"
+    os.mkfifo(status)
+    sidecar = start_sidecar(tmp_path, repo_root, status)
+    try:
+        assert http_get(f"{sidecar.url}/-/healthy")[0] == 200
+        assert ready_status(sidecar) == 503
+        fds: list[int] = []
+
+        def open_writer() -> bool:
+            """Opening without blocking fails (ENXIO) until the sidecar has the FIFO open."""
+            fds.append(os.open(status, os.O_WRONLY | os.O_NONBLOCK))
+            return True
+
+        wait_for(open_writer, 30, "the sidecar reading the status file")
+        with os.fdopen(fds[0], "w") as writer:
+            writer.write(json.dumps({**GOOD, "updated_at": "2099-01-01T00:00:00Z"}))
+        wait_for(lambda: ready_status(sidecar) == 200, 30, "/-/ready after the first read")
+        # A regular file from now on (a FIFO would block every later read).
+        write(status, json.dumps({**GOOD, "current_step": 121,
+                                  "updated_at": "2099-01-01T00:00:00Z"}))
+        assert 'tunewatch_training_step{run="r1"} 121.0' in sidecar.metrics()
+        assert ready_status(sidecar) == 200
+    finally:
+        sidecar.stop()
+
+
+def test_sidecar_without_status_file_is_ready(tmp_path: Path, repo_root: Path):
+    """A missing status file counts as read: ready, and the answer says `unknown`."""
+    sidecar = start_sidecar(tmp_path, repo_root, tmp_path / "absent.json")
+    try:
+        wait_for(lambda: ready_status(sidecar) == 200, 30, "/-/ready with no status file")
+        text = sidecar.metrics()
+        assert 'tunewatch_training_state{run="ready1",state="unknown"} 1.0' in text
+        assert ('tunewatch_training_status_file_errors_total{reason="missing",run="ready1"} '
+                '1.0') in text
+    finally:
+        sidecar.stop()

@@ -72,6 +72,8 @@ class ExporterConfig:
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
     scrape_wait_seconds: float = 1.0
+    openmetrics: bool = False
+    gzip_level: int = 1
     collector_timeout_seconds: float = 5.0
     collectors: dict[str, bool] = field(
         default_factory=lambda: {"gpu": True, "process": True, "files": True}
@@ -93,6 +95,8 @@ class TrainingConfig:
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
     scrape_wait_seconds: float = 1.0
+    openmetrics: bool = False
+    gzip_level: int = 1
     status_file: str = "status/training_status.json"
     queue_dirs: list[QueueDir] = field(default_factory=list)
     stale_after_seconds: float = 300.0
@@ -197,6 +201,8 @@ class EvaluatorConfig:
     web_config_file: str = ""
     max_concurrent_scrapes: int = 8
     scrape_wait_seconds: float = 1.0
+    openmetrics: bool = False
+    gzip_level: int = 1
     checkpoints: str = "var/demo/checkpoints"
     data: str = "var/demo/data"
     files: list[str] = field(default_factory=list)
@@ -425,6 +431,8 @@ def _server_checks(cfg: Config) -> list[tuple[str, bool, str]]:
                "must be at least 1") for name, sec in sections.items()]
     checks += [(f"{name}.scrape_wait_seconds", sec.scrape_wait_seconds >= 0, "must be >= 0")
                for name, sec in sections.items()]
+    checks += [(f"{name}.gzip_level", 0 <= sec.gzip_level <= 9,
+                "must be 0 (never compress) to 9") for name, sec in sections.items()]
     checks.append(("exporter.collector_timeout_seconds",
                    cfg.exporter.collector_timeout_seconds > 0, "must be above 0"))
     checks.append(("exporter.process_max_matches", cfg.exporter.process_max_matches >= 1,

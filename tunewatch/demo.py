@@ -109,6 +109,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         max_concurrent_scrapes=cfg.training.max_concurrent_scrapes,
         scrape_wait_seconds=cfg.training.scrape_wait_seconds,
         crash_grace_seconds=cfg.training.crash_grace_seconds,
+        bind_retry_seconds=cfg.training.bind_retry_seconds,
+        openmetrics=cfg.training.openmetrics, gzip_level=cfg.training.gzip_level,
+        max_logged_metrics=cfg.training.max_logged_metrics,
     )
     try:
         callback.start_server()  # before the model is built: a taken port fails at once

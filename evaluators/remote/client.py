@@ -2,10 +2,18 @@
 
 Why its own module: the seeds' prediction daemon called this API with bare `requests` calls,
 no timeout discipline and no check of which model answered, and it attributed the base
-model's answers to the newest checkpoint for days. Here every call has a timeout, a refused
-connection or a 5xx is retried with doubling backoff and counted, a job is polled with
-exponential backoff until `job_timeout_seconds`, and each way of failing raises
-EvaluationError with a bounded reason (evaluators/errors.py), never a made-up answer.
+model's answers to the newest checkpoint for days. Here every call has a timeout, goes over
+one kept-alive connection (a `requests.Session` per client: a job's polls do not open a
+TCP connection each), a failed try is retried with doubling backoff (at least as long as
+the server's `Retry-After`) and counted by reason, a job is polled with exponential backoff
+until `job_timeout_seconds`, and each way of failing raises EvaluationError with a bounded
+reason (evaluators/errors.py), never a made-up answer.
+
+What is retried (`_status_failure`, `_transport_failure`): a refused connection, a 429
+(rate_limited) and a 503 that says `Retry-After` for every call; a reset, a read timeout,
+an answer that is not HTTP and any other 5xx only for calls that can be repeated without
+effect. `POST /generate` is not one of those: the server may have queued the job before it
+failed to answer, and sending it again would make the server run a second job.
 
 The API (JSON both ways):
   GET  /health                          -> 200 when serving
@@ -20,17 +28,20 @@ The API (JSON both ways):
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError
+from urllib3.util.retry import Retry
 
 from evaluators.errors import EvaluationError
 from tunewatch.config import RemoteConfig
@@ -38,8 +49,24 @@ from tunewatch.config import RemoteConfig
 log = logging.getLogger(__name__)
 
 # Bounded `reason` values of the client's counters (docs/metrics.md).
-RETRY_REASONS = ("connection", "server_error")
+RETRY_REASONS = ("connection", "server_error", "rate_limited")
 JOB_FAILURE_REASONS = ("timeout", "failed", "bad_response")
+
+TOO_MANY_REQUESTS = 429
+SERVICE_UNAVAILABLE = 503
+
+# What one try may raise short of an HTTP answer: refused, reset, timed out, not HTTP at all
+# (a bad status line) or a body cut short. Invalid URLs are not here: the configuration
+# checks them, and retrying one would not help.
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+# urllib3's Retry-After parser (delay-seconds or an HTTP date); the retry loop is ours.
+_RETRY_AFTER_PARSER = Retry(total=0)
 
 
 class RemoteStats:
@@ -92,13 +119,28 @@ class JobResult:
 
 
 class _HTTPStatusError(Exception):
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {body[:200]}")
         self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed try: its counter reason, whether it may be sent again, what went wrong."""
+
+    reason: str
+    retryable: bool
+    detail: str
+    retry_after: float | None = None
 
 
 class InferenceClient:
-    """One inference server; methods raise EvaluationError with a bounded reason."""
+    """One inference server; methods raise EvaluationError with a bounded reason.
+
+    It holds one HTTP session (a pool of kept-alive connections): use it from one thread at
+    a time, and close() it (or use it as a context manager) when done.
+    """
 
     def __init__(
         self,
@@ -115,22 +157,30 @@ class InferenceClient:
         self.stats = stats or RemoteStats()
         self.sleep = sleep
         self.clock = clock
+        self.session = _session()
+
+    def close(self) -> None:
+        """Close the kept-alive connections (a later call opens a new one)."""
+        self.session.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ transport
 
     def _once(self, method: str, path: str, body: dict[str, Any] | None,
               parse: bool = True) -> Any:
         """One HTTP exchange; the JSON answer (None when `parse` is off)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"{self.base}{path}", data=data, method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.request_timeout_seconds) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise _HTTPStatusError(exc.code, exc.read().decode(errors="replace")) from exc
+        resp = self.session.request(method, f"{self.base}{path}", json=body,
+                                    timeout=self.cfg.request_timeout_seconds)
+        raw = resp.content
+        if resp.status_code >= 400:
+            raise _HTTPStatusError(resp.status_code, raw.decode(errors="replace"),
+                                   _retry_after(resp.headers.get("Retry-After")))
         if not parse:
             return None
         try:
@@ -141,42 +191,61 @@ class InferenceClient:
                 "remote_job", f"{self.base}{path} answered with invalid JSON: {exc}") from exc
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                parse: bool = True) -> Any:
-        """One API call; refused connections, timeouts and 5xx are retried, then raised.
+                parse: bool = True, *, replayable: bool = True) -> Any:
+        """One API call, retried as `_status_failure` and `_transport_failure` allow.
 
-        A 4xx is the caller's to interpret (raised as _HTTPStatusError at once). A POST
-        /generate retried after a timeout may leave a duplicate job on the server; its
-        result is never read, so it costs the server time but changes no figure.
+        A 4xx other than 429 is the caller's to interpret (raised as _HTTPStatusError at
+        once). `replayable`: sending the call twice has no effect beyond sending it once
+        (false for POST /generate, which queues a job). Tries are request_retries in all,
+        waiting retry_backoff_seconds, doubling, and at least the server's Retry-After; a
+        Retry-After beyond job_timeout_seconds is not waited for (remote_unavailable: the
+        daemon tries the checkpoint again later).
+
+        The loop is ours rather than urllib3's Retry (the session's adapter does not
+        retry): Retry keeps one total rather than a count per reason, sleeps with
+        time.sleep rather than the client's `sleep`, does not wait before its first retry,
+        and its method allow-list cannot say "POST /generate again after a 429, never after
+        a read timeout". Its Retry-After parser is used.
         """
         wait = self.cfg.retry_backoff_seconds
         for attempt in range(1, self.cfg.request_retries + 1):
             try:
                 return self._once(method, path, body, parse)
             except _HTTPStatusError as exc:
-                if exc.status < 500:
+                failure = _status_failure(exc, replayable)
+                if failure is None:
                     raise
-                reason, detail = "server_error", str(exc)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                # refused, reset, timed out, or not HTTP at all (a bad status line, a body
-                # cut short): the server is not answering properly
-                reason, detail = "connection", str(getattr(exc, "reason", exc)) or repr(exc)
+            except _TRANSPORT_ERRORS as exc:
+                failure = _transport_failure(exc, replayable)
+            where = f"inference server {self.base}: {method} {path}"
+            if not failure.retryable:
+                raise EvaluationError(
+                    "remote_unavailable",
+                    f"{where} failed: {failure.detail}; not sent again, as the server may"
+                    " have acted on it")
             if attempt == self.cfg.request_retries:
                 raise EvaluationError(
                     "remote_unavailable",
-                    f"inference server {self.base}: {method} {path} failed {attempt} time(s),"
-                    f" last: {detail}")
-            self.stats.retried(reason)
-            log.warning("inference server %s: %s %s failed (%s); retry %d of %d in %.2fs",
-                        self.base, method, path, detail, attempt,
-                        self.cfg.request_retries - 1, wait)
-            self.sleep(wait)
+                    f"{where} failed {attempt} time(s), last: {failure.detail}")
+            delay = max(wait, failure.retry_after or 0.0)
+            if delay > self.cfg.job_timeout_seconds:
+                raise EvaluationError(
+                    "remote_unavailable",
+                    f"{where} failed: {failure.detail}; the server asks to retry after"
+                    f" {delay:g}s, beyond remote.job_timeout_seconds"
+                    f" ({self.cfg.job_timeout_seconds:g}s)")
+            self.stats.retried(failure.reason)
+            log.warning("%s failed (%s); retry %d of %d in %.2fs", where, failure.detail,
+                        attempt, self.cfg.request_retries - 1, delay)
+            self.sleep(delay)
             wait *= 2
         raise AssertionError("unreachable")
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+              replayable: bool = True) -> Any:
         """`request`, with a 4xx turned into EvaluationError(remote_job) naming the call."""
         try:
-            return self.request(method, path, body)
+            return self.request(method, path, body, replayable=replayable)
         except _HTTPStatusError as exc:
             raise EvaluationError(
                 "remote_job", f"inference server {self.base}: {method} {path}: {exc}") from exc
@@ -222,7 +291,7 @@ class InferenceClient:
         """Queue one generation; returns its job id."""
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
                 "mode": "normal", "stop": stops, "logprobs": self.cfg.logprobs}
-        answer = self._call("POST", "/generate", body)
+        answer = self._call("POST", "/generate", body, replayable=False)
         job = answer.get("job_id") if isinstance(answer, dict) else None
         if not isinstance(job, str) or not job:
             self.stats.job_failed("bad_response")
@@ -327,6 +396,67 @@ class InferenceClient:
             token_logprobs=[float(v) for v in logprobs] if logprobs is not None else None,
             inference_seconds=float(ms) / 1000.0 if _is_number(ms) else None,
         )
+
+
+def _session() -> requests.Session:
+    """A session whose adapter never retries by itself (InferenceClient.request does)."""
+    session = requests.Session()
+    session.headers.update({"Accept": "application/json"})
+    adapter = HTTPAdapter(max_retries=Retry(total=0, read=False))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delay-seconds or an HTTP date); None if absent
+    or unreadable."""
+    if value is None:
+        return None
+    try:
+        return float(_RETRY_AFTER_PARSER.parse_retry_after(value))
+    except InvalidHeader:
+        log.debug("ignoring an unreadable Retry-After header %r", value)
+        return None
+
+
+def _status_failure(exc: _HTTPStatusError, replayable: bool) -> _Failure | None:
+    """How to treat an error status; None for a 4xx the caller interprets.
+
+    A 429 and a 503 with Retry-After are refusals: the server did not act on the request,
+    so even a call that queues a job is sent again. Any other 5xx may come after the server
+    acted (queued a job, then failed to answer), so only replayable calls are sent again.
+    """
+    if exc.status == TOO_MANY_REQUESTS:
+        return _Failure("rate_limited", True, str(exc), exc.retry_after)
+    if exc.status < 500:
+        return None
+    refused = exc.status == SERVICE_UNAVAILABLE and exc.retry_after is not None
+    return _Failure("server_error", replayable or refused, str(exc), exc.retry_after)
+
+
+def _transport_failure(exc: Exception, replayable: bool) -> _Failure:
+    """A try without an HTTP answer: sent again when replayable or when never sent."""
+    return _Failure("connection", replayable or _not_sent(exc), _describe(exc))
+
+
+def _not_sent(exc: Exception) -> bool:
+    """Whether the request failed before any of it reached the server: the connection was
+    refused, not resolved or not established in time (urllib3 reports these as connect
+    errors; a reset or a read timeout comes after sending)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, MaxRetryError) and isinstance(cause.reason, ConnectTimeoutError)
+
+
+def _describe(exc: Exception) -> str:
+    """The underlying cause, without urllib3's "Max retries exceeded" wrapping (this client
+    lets urllib3 try once)."""
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        return str(cause.reason)
+    return str(exc) or repr(exc)
 
 
 def _is_number(value: Any) -> bool:

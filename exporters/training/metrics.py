@@ -9,6 +9,7 @@ no `_created` samples appear and a value that was never measured is absent, not 
     tunewatch_training_max_steps{run="r1"} 600
     tunewatch_training_loss{run="r1"} 1.93
     tunewatch_training_tokens_total{run="r1"} 48211
+    tunewatch_training_logged_metric{metric="rewards/accuracy",run="r1"} 0.61
     tunewatch_training_state{run="r1",state="training"} 1
     tunewatch_training_run_info{dataset="",model="tiny-qwen3-demo",regime="",run="r1"} 1
 
@@ -24,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import (
@@ -35,6 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 
 from exporters.labels import bounded_label_value
+from tunewatch.config import TrainingConfig
 
 log = logging.getLogger("tunewatch.training")
 
@@ -44,9 +46,11 @@ log = logging.getLogger("tunewatch.training")
 STATES = ("idle", "training", "paused", "completed", "crashed", "stale", "unknown")
 TRAINER_STATES = ("idle", "training", "paused", "completed", "crashed")
 
-# Eval metrics from on_evaluate beyond the loss are published with a `metric` label; this
-# many names at most (the Trainer's own are a handful), so the label stays bounded.
-MAX_EVAL_METRICS = 16
+# The `metric` label is bounded: this many distinct names per family at most (the default
+# of `training.max_logged_metrics`); values under further names are counted as dropped.
+DEFAULT_MAX_LOGGED_METRICS = TrainingConfig.max_logged_metrics
+# Keys of an evaluation that describe the evaluation run, not the model.
+EVAL_SKIPPED = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
 
 GAUGES = {
     "step": ("tunewatch_training_step", "Optimizer steps completed (the Trainer's global_step)."),
@@ -59,15 +63,25 @@ GAUGES = {
 }
 
 
-def _finite(value: Any) -> float | None:
-    """The value as a float if it is a finite number, else None."""
-    if value is None or isinstance(value, bool):
+def _number(value: Any) -> float | None:
+    """The value as a float (NaN and infinities included) if it is a number, else None.
+
+    Numbers are what float() accepts, except booleans and text: Python and numpy numbers,
+    one-element tensors. Anything float() refuses with TypeError or ValueError is not a
+    number; any other exception (a tensor that cannot be read) is the caller's problem.
+    """
+    if value is None or isinstance(value, bool | str | bytes):
         return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+
+
+def _finite(value: Any) -> float | None:
+    """The value as a float if it is a finite number, else None."""
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 class TrainingMetrics:
@@ -90,8 +104,12 @@ class TrainingMetrics:
         model_name: str = "",
         dataset: str = "",
         regime: str = "",
+        max_logged_metrics: int = DEFAULT_MAX_LOGGED_METRICS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if max_logged_metrics < 0:
+            raise ValueError(f"max_logged_metrics {max_logged_metrics}: must be >= 0")
+        self.max_logged_metrics = max_logged_metrics
         self.run = bounded_label_value(
             (os.environ.get("TUNEWATCH_RUN") or "default") if run is None else run)
         self.info = {"model": bounded_label_value(model_name),
@@ -107,6 +125,11 @@ class TrainingMetrics:
         self._nonfinite = 0
         self._eval_loss: float | None = None
         self._eval: dict[str, float] = {}
+        self._logged: dict[str, float] = {}
+        self._logged_names: set[str] = set()
+        self._logged_nonfinite: dict[str, int] = {}
+        self._dropped = 0
+        self._warned_cap: set[str] = set()
         self._checkpoints = 0
         self._checkpoint_step: float | None = None
         self._checkpoint_ts: float | None = None
@@ -192,26 +215,71 @@ class TrainingMetrics:
             if samples is not None:
                 self._samples = samples
 
+    def logged(self, logs: Mapping[str, Any]) -> None:
+        """Record one Trainer log (on_log): every numeric key, and the named families.
+
+        Why every key: a Trainer logs what its task has (TRL's rewards and KL, token
+        accuracy, a user's own values), not only the loss. Each numeric value becomes
+        tunewatch_training_logged_metric{metric=<key>} (the first `max_logged_metrics`
+        distinct keys; values under further keys are counted as dropped). A NaN or infinite
+        value is not published (the last finite one stays) but counted per key. `loss`,
+        `grad_norm` and `learning_rate` also set their own families, as update() does.
+        Non-numeric values (text, lists, booleans) are ignored.
+        """
+        numbers: dict[str, float] = {}
+        for key, value in logs.items():
+            number = _number(value)
+            if number is not None:
+                numbers[bounded_label_value(key)] = number
+        self.update(loss=numbers.get("loss"), grad_norm=numbers.get("grad_norm"),
+                    learning_rate=numbers.get("learning_rate"))
+        with self._lock:
+            for name, number in numbers.items():
+                if not self._admit(self._logged_names, name, "logged"):
+                    continue
+                self._logged_names.add(name)
+                if math.isfinite(number):
+                    self._logged[name] = number
+                else:
+                    self._logged_nonfinite[name] = self._logged_nonfinite.get(name, 0) + 1
+
+    def _admit(self, names: Collection[str], name: str, family: str) -> bool:
+        """Whether `name` may be a `metric` label value of `family` (caller holds the lock).
+
+        A new name is admitted while the family has fewer than `max_logged_metrics` names;
+        otherwise the value is counted as dropped, with one warning per family.
+        """
+        if name in names:
+            return True
+        if len(names) < self.max_logged_metrics:
+            return True
+        self._dropped += 1
+        if family not in self._warned_cap:
+            self._warned_cap.add(family)
+            log.warning("%s metric %r not published: more than %d distinct names "
+                        "(training.max_logged_metrics); further ones are counted in "
+                        "tunewatch_training_logged_metrics_dropped_total", family, name,
+                        self.max_logged_metrics)
+        return False
+
     def evaluated(self, metrics: Mapping[str, Any]) -> None:
         """Record an evaluation: `eval_loss` and other numeric `eval_*` metrics.
 
         Keys may carry the Trainer's `eval_` prefix or not. Runtime and throughput keys are
-        skipped (they describe the evaluation, not the model); non-finite values are dropped.
+        skipped (they describe the evaluation, not the model); non-finite values are dropped
+        (the Trainer logs them too, so on_log counts them). At most `max_logged_metrics`
+        names; values under further names are counted as dropped.
         """
         with self._lock:
             for key, value in metrics.items():
                 name = key[5:] if key.startswith("eval_") else key
                 number = _finite(value)
-                if number is None or name in ("runtime", "samples_per_second",
-                                              "steps_per_second", "epoch", "step"):
+                if number is None or name in EVAL_SKIPPED:
                     continue
                 if name == "loss":
                     self._eval_loss = number
-                elif name in self._eval or len(self._eval) < MAX_EVAL_METRICS:
-                    self._eval[name] = number
-                else:
-                    log.warning("eval metric %r not published: more than %d eval metrics",
-                                key, MAX_EVAL_METRICS)
+                elif self._admit(self._eval, label := bounded_label_value(name), "eval"):
+                    self._eval[label] = number
 
     def checkpoint_saved(self, step: float, timestamp: float | None = None) -> None:
         """A checkpoint was written at `step` (now, or at `timestamp`)."""
@@ -237,6 +305,8 @@ class TrainingMetrics:
             tokens, samples, state = self._tokens, self._samples, self._state
             last_step_ts, nonfinite = self._last_step_ts, self._nonfinite
             eval_loss, evals = self._eval_loss, dict(self._eval)
+            logged, logged_nonfinite = dict(self._logged), dict(self._logged_nonfinite)
+            dropped = self._dropped
             checkpoints, ckpt_step, ckpt_ts = (self._checkpoints, self._checkpoint_step,
                                                self._checkpoint_ts)
             info = dict(self.info)
@@ -277,6 +347,7 @@ class TrainingMetrics:
         for name, value in sorted(evals.items()):
             family.add_metric([run, name], value)
         yield family
+        yield from self._collect_logged(run, logged, logged_nonfinite, dropped)
         yield one(CounterMetricFamily, "tunewatch_training_checkpoints_saved",
                   "Checkpoints saved by this process.", checkpoints)
         yield one(GaugeMetricFamily, "tunewatch_training_last_checkpoint_step",
@@ -287,6 +358,28 @@ class TrainingMetrics:
                                     "regime.", labels=labels)
         run_info.add_metric([run], info)
         yield run_info
+
+    @staticmethod
+    def _collect_logged(run: str, logged: dict[str, float], nonfinite: dict[str, int],
+                        dropped: int) -> Iterator[Metric]:
+        family = GaugeMetricFamily("tunewatch_training_logged_metric",
+                                   "Numeric values the trainer logged, by key, as last logged "
+                                   "(finite values only).", labels=["run", "metric"])
+        for name, value in sorted(logged.items()):
+            family.add_metric([run, name], value)
+        yield family
+        family = CounterMetricFamily("tunewatch_training_logged_metric_nonfinite",
+                                     "Logged values that were NaN or infinite (not published), "
+                                     "by key.", labels=["run", "metric"])
+        for name, count in sorted(nonfinite.items()):
+            family.add_metric([run, name], count)
+        yield family
+        family = CounterMetricFamily("tunewatch_training_logged_metrics_dropped",
+                                     "Logged or evaluation values not published: their name "
+                                     "came after the first max_logged_metrics distinct ones.",
+                                     labels=["run"])
+        family.add_metric([run], dropped)
+        yield family
 
     def describe(self) -> list[Metric]:
         return []

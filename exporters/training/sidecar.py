@@ -18,6 +18,11 @@ no update (updated_at, else the file's mtime) for `training.stale_after_seconds`
 state `stale` unless it is completed or crashed. Queued JSONL files (training.queue_dirs)
 are checked line by line (ChatML structure); malformed lines are counted per priority, and
 logged per file with their line numbers when a file is first seen or changes.
+
+Readiness: /-/ready answers 503 until the status file was read once (a missing or broken
+file counts as read: the answer then says so), 200 after. The command reads it once right
+after it starts listening, so a status file on a hung mount keeps the sidecar unready rather
+than ready with nothing to say.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from exporters.server import (
     start_for_section,
     wait_for_stop_signal,
 )
-from exporters.training.metrics import TrainingMetrics
+from exporters.training.metrics import DEFAULT_MAX_LOGGED_METRICS, TrainingMetrics
 from exporters.training.status import QueueFile, StatusError, parse_status, scan_queue_file
 from tunewatch.config import Config, QueueDir
 
@@ -62,13 +67,15 @@ class StatusFileCollector:
         queue_dirs: Sequence[QueueDir] = (),
         stale_after_seconds: float = 300.0,
         run: str | None = None,
+        max_logged_metrics: int = DEFAULT_MAX_LOGGED_METRICS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(status_file)
         self.queue_dirs = list(queue_dirs)
         self.stale_after_seconds = stale_after_seconds
         self.clock = clock
-        self.metrics = TrainingMetrics(run, clock=clock)
+        self.metrics = TrainingMetrics(run, clock=clock, max_logged_metrics=max_logged_metrics)
+        self._read_once = threading.Event()
         self._lock = threading.Lock()
         self._errors = dict.fromkeys(ERROR_REASONS, 0)
         self._version: tuple[int, int, int] | None = None
@@ -92,6 +99,11 @@ class StatusFileCollector:
                   and self.clock() - self._last_update > self.stale_after_seconds):
                 state = "stale"
             self.metrics.set_state(state)
+        self._read_once.set()
+
+    def ready(self) -> bool:
+        """True once the status file was read (or found missing or broken) at least once."""
+        return self._read_once.is_set()
 
     def _refresh_status(self) -> None:
         try:
@@ -299,14 +311,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     collector = StatusFileCollector(
         args.status_file or tc.status_file, queue_dirs=queue_dirs, stale_after_seconds=stale,
         run=os.environ.get("TUNEWATCH_RUN") or cfg.run,
+        max_logged_metrics=tc.max_logged_metrics,
     )
     registry = CollectorRegistry()
     registry.register(collector)
     try:
         server = start_for_section(registry, tc, "tunewatch training sidecar",
-                                   args.listen_address, args.web_config_file)
+                                   args.listen_address, args.web_config_file,
+                                   ready=collector.ready)
     except ServerStartError as exc:
         raise UsageError(str(exc)) from exc
+    collector.refresh()  # /-/ready stays 503 until this first read is done
     log.info("reading %s (stale after %.0f s); %d queue dir(s)", collector.path, stale,
              len(queue_dirs))
     freeze_startup_objects()

@@ -158,7 +158,7 @@ def inference_server_row(lay: Layout) -> None:
     lay.row("Inference server (backend: remote, deploy_best)")
     lay.add(ts("Inference server jobs", "Generation jobs answered per second, jobs that "
                "gave no answer (timeout, failed, bad_response) and retried requests "
-               "(connection, server_error), per second.", "reqps",
+               "(connection, server_error, rate_limited), per second.", "reqps",
                [target(of_run(f"sum by (job, instance) (rate("
                               f"tunewatch_eval_remote_jobs_total{rate}))"), "answered"),
                 target(of_run(f"sum by (job, instance, reason) (rate("

@@ -75,10 +75,10 @@ def build() -> db.Dashboard:
                                f"run:tunewatch_training_loss:avg5m{{{R}}}", "loss trend",
                                instant=True)],
                        thresholds(0, 0.1), [runbook_link("traininglossspike")]), 3, 4)
-    lay.add(stat_panel("Throughput", "Tokens per second against the run's own baseline "
-                       "(median of the last hour); below 80% is slow.", "percentunit",
-                       [target(f"run:tunewatch_training_tokens:rate5m{{{R}}} / "
-                               f"run:tunewatch_training_tokens:rate5m_median1h{{{R}}}",
+    lay.add(stat_panel("Throughput", "Tokens per second (samples per second where the "
+                       "trainer counts no tokens) against the run's own baseline (median of "
+                       "the last hour); below 80% is slow.", "percentunit",
+                       [target(f"run:tunewatch_training_throughput_vs_baseline:ratio{{{R}}}",
                                "throughput vs baseline", instant=True)],
                        thresholds(0.8, 0.5, higher_is_worse=False),
                        [runbook_link("throughputbelowbaseline")]), 3, 4)
@@ -119,9 +119,13 @@ def build() -> db.Dashboard:
                thresholds(90, 95, percentage=True),
                [runbook_link("throughputbelowbaseline")]), 12, 8)
     lay.add(ts("Steps and samples per second", "Optimizer steps per second (slope of the "
-               "step) and training samples per second.", "short",
+               "step), training samples per second and their baseline (median over the "
+               "last hour; the throughput alert uses it where the trainer counts no "
+               "tokens).", "short",
                [target(f"run:tunewatch_training_step:rate5m{{{R}}}", "steps/s"),
-                target(f"run:tunewatch_training_samples:rate5m{{{R}}}", "samples/s", "B")],
+                target(f"run:tunewatch_training_samples:rate5m{{{R}}}", "samples/s", "B"),
+                target(f"run:tunewatch_training_samples:rate5m_median1h{{{R}}}",
+                       "samples/s baseline (1h median)", "C")],
                thresholds(90, 95, percentage=True), [runbook_link("trainingstalled")]), 6, 8)
     lay.add(stat_panel("ETA", "Time left: the run (max_steps at the recent step rate), the "
                        "current file, and the queued files at the recent sample rate.", "s",
