@@ -34,12 +34,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from transformers import TrainerCallback
 
 from exporters.server import MetricsServer, ServerOptions, ServerStartError, parse_listen_address
-from exporters.training.metrics import DEFAULT_MAX_LOGGED_METRICS, TrainingMetrics
+from exporters.training.metrics import (
+    DEFAULT_MAX_LOGGED_METRICS,
+    TrainingMetrics,
+    counter_family,
+)
 from exporters.webconfig import WebConfigError
 from tunewatch.config import TrainingConfig
 
@@ -97,20 +100,16 @@ class CallbackHealth:
         run = self.metrics.run
         with self._lock:
             hook_errors, bind_failures = dict(self._hook_errors), dict(self._bind_failures)
-        family = CounterMetricFamily(
+        yield counter_family(
             "tunewatch_training_callback_errors",
             "Exceptions caught in the callback's Trainer hooks (never raised into the "
-            "Trainer), by hook.", labels=["run", "reason"])
-        for hook, count in hook_errors.items():
-            family.add_metric([run, hook], count)
-        yield family
-        family = CounterMetricFamily(
+            "Trainer), by hook.", ["run", "reason"],
+            [([run, hook], count) for hook, count in hook_errors.items()])
+        yield counter_family(
             "tunewatch_training_exporter_bind_failures",
             "Attempts to serve /metrics that failed (the callback retries while training "
-            "goes on), by reason.", labels=["run", "reason"])
-        for reason, count in bind_failures.items():
-            family.add_metric([run, reason], count)
-        yield family
+            "goes on), by reason.", ["run", "reason"],
+            [([run, reason], count) for reason, count in bind_failures.items()])
 
     def describe(self) -> list[Metric]:
         return []

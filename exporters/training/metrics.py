@@ -84,6 +84,16 @@ def _finite(value: Any) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
+def counter_family(name: str, doc: str, labels: list[str],
+                   rows: list[tuple[list[str], float]]) -> CounterMetricFamily:
+    """A counter family from (label values, count) rows: the shape every small counter of
+    the training metrics and the callback's own health takes."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, count in rows:
+        family.add_metric(values, count)
+    return family
+
+
 class TrainingMetrics:
     """The training metrics of one run; register it in a CollectorRegistry.
 
@@ -368,18 +378,14 @@ class TrainingMetrics:
         for name, value in sorted(logged.items()):
             family.add_metric([run, name], value)
         yield family
-        family = CounterMetricFamily("tunewatch_training_logged_metric_nonfinite",
-                                     "Logged values that were NaN or infinite (not published), "
-                                     "by key.", labels=["run", "metric"])
-        for name, count in sorted(nonfinite.items()):
-            family.add_metric([run, name], count)
-        yield family
-        family = CounterMetricFamily("tunewatch_training_logged_metrics_dropped",
-                                     "Logged or evaluation values not published: their name "
-                                     "came after the first max_logged_metrics distinct ones.",
-                                     labels=["run"])
-        family.add_metric([run], dropped)
-        yield family
+        yield counter_family("tunewatch_training_logged_metric_nonfinite",
+                             "Logged values that were NaN or infinite (not published), by key.",
+                             ["run", "metric"],
+                             [([run, name], count) for name, count in sorted(nonfinite.items())])
+        yield counter_family("tunewatch_training_logged_metrics_dropped",
+                             "Logged or evaluation values not published: their name came after "
+                             "the first max_logged_metrics distinct ones.", ["run"],
+                             [([run], dropped)])
 
     def describe(self) -> list[Metric]:
         return []
