@@ -358,6 +358,18 @@ def test_process_describer_reads_run_and_rank_from_the_environment():
     assert ProcessDescriber().describe(child.pid) == ("", "", "", "")
 
 
+def _closed_to_others(*paths: Path) -> Path | None:
+    """The first directory on the way to `paths` that other users cannot search, if any
+    (a checkout under a private `mktemp -d`, for instance)."""
+    import stat
+
+    for path in paths:
+        for directory in [path.resolve(), *path.resolve().parents]:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return directory
+    return None
+
+
 def test_process_describer_without_access_keeps_the_name(repo_root: Path):
     """Another user's environment is unreadable (AccessDenied): name kept, run/rank empty."""
     code = ("from exporters.collectors.nvml_reader import ProcessDescriber; "
@@ -366,6 +378,10 @@ def test_process_describer_without_access_keeps_the_name(repo_root: Path):
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root without setpriv: cannot drop privileges to be denied")
+        closed = _closed_to_others(repo_root, Path(sys.prefix))
+        if closed is not None:
+            pytest.skip(f"{closed} is not searchable by other users: the unprivileged "
+                        "child could not import the checkout or its venv")
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(repo_root)})
