@@ -13,8 +13,6 @@ Alertmanager's group_wait (30 s in alertmanager.yml; this run keeps it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import shutil
 import sys
@@ -27,10 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from common import bench_parser, write_figures  # noqa: E402
 from services import AlertPipeline, wait_for  # noqa: E402
 
-from tunewatch.config import Config  # noqa: E402
-from tunewatch.tinymodel import answer_key_suite, blank_checkpoint, build_tiny_run  # noqa: E402
+from tunewatch.core.config import Config  # noqa: E402
+from tunewatch.demo.tinymodel import answer_key_suite, blank_checkpoint, build_tiny_run  # noqa: E402
 
 log = logging.getLogger("bench_alerting")
 
@@ -42,7 +41,7 @@ def measure(work: Path, timeout: float) -> dict[str, Any]:
     for src in run.checkpoints:
         shutil.copytree(src, ckpts / src.name)
     # The suite is checkpoint-300's own answer key and the damaged copy has every weight
-    # zeroed, so the drop is real on any machine (tunewatch/tinymodel.py says why).
+    # zeroed, so the drop is real on any machine (tunewatch/demo/tinymodel.py says why).
     suite = work / "answer-key"
     answer_key_suite(run.checkpoints[-1], run.data_dir, suite,
                      Config().evaluator.max_new_tokens)
@@ -66,21 +65,20 @@ def measure(work: Path, timeout: float) -> dict[str, Any]:
             "notification_seconds": round(received, 1)}
 
 
+def as_text(fig: dict[str, Any]) -> str:
+    return (f"damaged checkpoint written -> evaluated and published: {fig['evaluated_seconds']}"
+            f" s; -> EvalRegression firing in Prometheus (for: 1m): {fig['firing_seconds']} s; "
+            f"-> notification at the webhook (group_wait 30s): {fig['notification_seconds']} s\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="bench-alerting-") as tmp:
         fig = measure(Path(tmp), args.timeout)
-    if args.json:
-        sys.stdout.write(json.dumps(fig, indent=2) + "\n")
-    else:
-        sys.stdout.write(
-            f"damaged checkpoint written -> evaluated and published: {fig['evaluated_seconds']}"
-            f" s; -> EvalRegression firing in Prometheus (for: 1m): {fig['firing_seconds']} s; "
-            f"-> notification at the webhook (group_wait 30s): {fig['notification_seconds']} s\n")
+    write_figures(fig, args.json, as_text, indent=2)
     return 0
 
 

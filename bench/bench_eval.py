@@ -18,7 +18,6 @@ Exit status 1 when exact match differs, or (full run only) the speed-up is below
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import resource
@@ -64,10 +63,10 @@ def batched_path(checkpoint: Path, examples: list[Any], batch_size: int,
     """eval-once's path: LocalBackend + the one-pass evaluation (CE, confidence, stats too)."""
     import dataclasses
 
-    from evaluators.backend import LocalBackend
+    from evaluators.backends.local import LocalBackend
     from evaluators.data import Suite
     from evaluators.evaluate import evaluate_with_backend
-    from tunewatch.config import EvaluatorConfig
+    from tunewatch.core.config import EvaluatorConfig
 
     cfg = dataclasses.replace(EvaluatorConfig(), batch_size=batch_size, device="cpu",
                               max_new_tokens=max_new_tokens)
@@ -113,18 +112,6 @@ def run_child(path: str, args: argparse.Namespace, checkpoint: Path, data: Path)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def tiny_checkpoint(workdir: Path, smoke: bool) -> tuple[Path, Path]:
-    """Train the tiny model (fewer steps for --smoke) and return (checkpoint, data dir)."""
-    from tunewatch.tinymodel import build_tiny_run
-
-    steps = 100 if smoke else 300
-    # The Trainer prints its log lines on stdout; this script's stdout is the result.
-    with contextlib.redirect_stdout(sys.stderr):
-        run = build_tiny_run(workdir, max_steps=steps, save_steps=steps,
-                             require_learning=not smoke)
-    return run.checkpoints[-1], run.data_dir
-
-
 def report(
     naive: dict[str, Any], batched: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -161,7 +148,7 @@ def as_text(fig: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from tunewatch.config import EvaluatorConfig
+    from tunewatch.core.config import EvaluatorConfig
 
     defaults = EvaluatorConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,14 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
+    # Imported here: the children measure their own peak RSS, without this.
+    from common import quick_checkpoint, write_figures
+
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         if args.checkpoint:
             checkpoint, data = Path(args.checkpoint), Path(args.data or ".")
         else:
-            checkpoint, data = tiny_checkpoint(Path(tmp), args.smoke)
+            # Fewer steps for --smoke, which does not require the model to have learnt.
+            checkpoint, data = quick_checkpoint(Path(tmp), 100 if args.smoke else 300,
+                                                require_learning=not args.smoke)
         figures = report(run_child("naive", args, checkpoint, data),
                          run_child("batched", args, checkpoint, data), args)
-    sys.stdout.write(json.dumps(figures, indent=2) + "\n" if args.json else as_text(figures))
+    write_figures(figures, args.json, as_text, indent=2)
     if not figures["exact_match_identical"]:
         log.error("exact match differs between the naive and the batched path")
         return 1

@@ -15,7 +15,6 @@ Exit status 1 when the median delay is 1 second or more.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -23,16 +22,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from bench_exporter import free_port  # noqa: E402
-from common import scrape_once  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from common import bench_parser, checkpoint_workdir, scrape_once, write_figures  # noqa: E402
+from services import free_port, wait_for  # noqa: E402
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja")
@@ -45,15 +43,6 @@ def _samples(url: str) -> dict[str, float]:
     except (OSError, http.client.HTTPException):
         return {}
     return result.samples() if result.status == 200 else {}
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def write_checkpoint(source: Path, target: Path) -> None:
@@ -84,14 +73,12 @@ def measure(checkpoint: Path, data: Path, rounds: int, work: Path) -> dict[str, 
     delays: list[float] = []
     durations: list[float] = []
     try:
-        if not _wait(lambda: "tunewatch_eval_evaluations_total" in _samples(url), 60):
-            raise RuntimeError("evaluator did not start; see " + str(work / "evaluator.log"))
+        wait_for(lambda: "tunewatch_eval_evaluations_total" in _samples(url), 60,
+                 f"the evaluator to start (see {work / 'evaluator.log'})", interval=0.05)
         for i in range(rounds):
             write_checkpoint(checkpoint, watched / f"checkpoint-{(i + 1) * 100}")
-            done = _wait(lambda i=i: _samples(url).get("tunewatch_eval_evaluations_total", 0)
-                         >= i + 1, 120)
-            if not done:
-                raise RuntimeError(f"round {i + 1} was not evaluated")
+            wait_for(lambda i=i: _samples(url).get("tunewatch_eval_evaluations_total", 0)
+                     >= i + 1, 120, f"round {i + 1} to be evaluated", interval=0.05)
             figures = _samples(url)
             delays.append(figures["tunewatch_eval_discovery_delay_seconds"])
             durations.append(figures["tunewatch_eval_duration_seconds"])
@@ -109,27 +96,21 @@ def measure(checkpoint: Path, data: Path, rounds: int, work: Path) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-evaluator-") as tmp:
-        work = Path(tmp)
-        from tunewatch.tinymodel import given_or_quick
+def as_text(figures: dict[str, object]) -> str:
+    return (f"discovery delay (last file written -> evaluation start) over "
+            f"{figures['rounds']} checkpoints: median "
+            f"{figures['discovery_delay_median_seconds']:.3f}s, max "
+            f"{figures['discovery_delay_max_seconds']:.3f}s (seeds: up to 300s); "
+            f"evaluation {figures['evaluation_duration_median_seconds']:.2f}s median\n")
 
-        checkpoint, data = given_or_quick(args.checkpoint, args.data, work)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__, checkpoint=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    with checkpoint_workdir(args, "bench-evaluator-") as (work, checkpoint, data):
         figures = measure(checkpoint, data, args.rounds, work)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        print(f"discovery delay (last file written -> evaluation start) over "
-              f"{figures['rounds']} checkpoints: median "
-              f"{figures['discovery_delay_median_seconds']:.3f}s, max "
-              f"{figures['discovery_delay_max_seconds']:.3f}s (seeds: up to 300s); "
-              f"evaluation {figures['evaluation_duration_median_seconds']:.2f}s median")
+    write_figures(figures, args.json, as_text)
     return 0 if float(figures["discovery_delay_median_seconds"]) < 1.0 else 1
 
 

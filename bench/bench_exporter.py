@@ -25,13 +25,8 @@ Exit status 1 when a target is missed (full run only).
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import logging
-import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,13 +34,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from common import Scraper  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from common import (  # noqa: E402
+    Scraper,
+    bench_parser,
+    cpu_seconds,
+    percentiles,
+    replicate_readings,
+    start_tunewatch,
+    write_figures,
+)
+from services import Prometheus, free_port  # noqa: E402
 
-FIXTURE = REPO / "tests" / "fixtures" / "gpu" / "h100-load.json"
 log = logging.getLogger("bench_exporter")
 
 # --compare: the exporter settings (environment overrides) each compared run uses.
@@ -55,49 +57,6 @@ COMPARED = {
     "gzip_level_6": {"TUNEWATCH_EXPORTER__GZIP_LEVEL": "6"},
     "gzip_level_9": {"TUNEWATCH_EXPORTER__GZIP_LEVEL": "9"},
 }
-
-
-def replicate_readings(gpus: int, out: Path) -> Path:
-    """The recorded H100 snapshot with `gpus` boards (distinct index and UUID each)."""
-    data = json.loads(FIXTURE.read_text())
-    snapshot = data["snapshots"][0]
-    board = snapshot["gpus"][0]
-    snapshot["gpus"] = [{**board, "index": i, "uuid": f"GPU-bench-{i:04d}"}
-                        for i in range(gpus)]
-    data["snapshots"] = [snapshot]
-    path = out / "readings.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_tunewatch(args: list[str], port: int, workdir: Path, env: dict[str, str],
-                    timeout: float = 120.0) -> subprocess.Popen[bytes]:
-    """`tunewatch ARGS` on 127.0.0.1:PORT, its output in workdir/<command>.log; returns once
-    /-/healthy answers (the benchmarks share this start-up)."""
-    log_path = workdir / f"{args[0]}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunewatch", *args, "--web.listen-address", f"127.0.0.1:{port}"],
-        env={**os.environ, "TUNEWATCH_LOG_LEVEL": "warning", **env}, cwd=workdir,
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{args[0]} exited:\n{log_path.read_text()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/-/healthy")
-            if conn.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{args[0]} did not answer within {timeout:g} s:\n{log_path.read_text()}")
 
 
 def start_exporter(readings: Path, port: int, workdir: Path,
@@ -118,19 +77,9 @@ def timed_scrapes(scraper: Scraper, count: int) -> list[float]:
     return sorted(latencies)
 
 
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    """p50, p99 and max in milliseconds of sorted latencies."""
-    return {"p50_ms": round(statistics.median(latencies) * 1000, 2),
-            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
-            "max_ms": round(latencies[-1] * 1000, 2)}
-
-
 def prometheus_scrape_durations(port: int, seconds: float, workdir: Path) -> dict[str, Any]:
     """What a real Prometheus (1 s interval) records as `scrape_duration_seconds` for the
     exporter over `seconds`: p50, p99 and max in milliseconds, and the scrape count."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from services import Prometheus
-
     prom = Prometheus(workdir / "prometheus", scrape_interval="1s")
     prom.start()
     try:
@@ -164,28 +113,22 @@ def prometheus_version() -> str:
     return first[0].split()[2] if first and len(first[0].split()) > 2 else "unknown"
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
 def measure(args: argparse.Namespace, workdir: Path,
             settings: dict[str, str] | None = None) -> dict[str, Any]:
     """One exporter process: latency and CPU per scrape; CPU at rest and Prometheus's own
     figures when `args` asks for them (rest_seconds, prometheus_seconds above 0)."""
     port = free_port()
     proc = start_exporter(replicate_readings(args.gpus, workdir), port, workdir, settings)
-    ps = psutil.Process(proc.pid)
     scraper = Scraper("127.0.0.1", port)
     figures: dict[str, Any] = {}
     try:
         first = scraper.scrape()  # warm-up (starts the GPU sampler threads)
-        rest_start, rest_t0 = cpu_seconds(ps), time.monotonic()
+        rest_start, rest_t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(args.rest_seconds)
-        rest_rate = (cpu_seconds(ps) - rest_start) / (time.monotonic() - rest_t0)
-        cpu_start = cpu_seconds(ps)
+        rest_rate = (cpu_seconds(proc.pid) - rest_start) / (time.monotonic() - rest_t0)
+        cpu_start = cpu_seconds(proc.pid)
         latencies = timed_scrapes(scraper, args.scrapes)
-        cpu_per_scrape = (cpu_seconds(ps) - cpu_start) / args.scrapes
+        cpu_per_scrape = (cpu_seconds(proc.pid) - cpu_start) / args.scrapes
         scraper.close()
         if args.prometheus_seconds > 0:
             figures = prometheus_scrape_durations(port, args.prometheus_seconds, workdir)
@@ -250,8 +193,14 @@ def compare_as_text(compared: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_as_text(figures: list[dict[str, Any]], compared: dict[str, dict[str, Any]]) -> str:
+    """Every run (the targets named on the first) and then the comparison, if measured."""
+    runs = "".join(as_text(f, i == 0) for i, f in enumerate(figures))
+    return runs + (compare_as_text(compared) if compared else "")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--smoke", action="store_true", help="50 scrapes, no targets enforced")
     parser.add_argument("--scrapes", type=int, default=None, help="default 1000 (smoke: 50)")
     parser.add_argument("--gpus", type=int, nargs="+", default=[23, 232],
@@ -268,7 +217,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "size (default: on, off for --smoke)")
     parser.add_argument("--p99-target-ms", type=float, default=10.0)
     parser.add_argument("--cpu-target-percent", type=float, default=1.0)
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     args.scrapes = args.scrapes or (50 if args.smoke else 1000)
     args.rest_seconds = args.rest_seconds if args.rest_seconds is not None else (
@@ -296,15 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
             figures.append(measure(run, Path(tmp)))
     compared = compare(args) if args.compare else {}
-    if args.json:
-        result: Any = {"runs": figures, "compare": compared}
-        if args.smoke:  # one run: its figures at the top level
-            result = {**figures[0], **({"compare": compared} if compared else {})}
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write("".join(as_text(f, i == 0) for i, f in enumerate(figures)))
-        if compared:
-            sys.stdout.write(compare_as_text(compared))
+    result: Any = {"runs": figures, "compare": compared}
+    if args.smoke:  # one run: its figures at the top level
+        result = {**figures[0], **({"compare": compared} if compared else {})}
+    write_figures(result, args.json, lambda _: runs_as_text(figures, compared), indent=2)
     if args.smoke:
         return 0
     fig = figures[0]

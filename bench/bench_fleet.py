@@ -43,9 +43,16 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_exporter import free_port, replicate_readings  # noqa: E402
-from common import scrape_once  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from common import (  # noqa: E402
+    bench_parser,
+    replicate_readings,
+    scrape_once,
+    stop_process,
+    write_figures,
+)
 from fleet_targets import PORTS, fleet_groups  # noqa: E402
+from services import free_port  # noqa: E402
 
 SAMPLES = REPO / "tests" / "fixtures" / "fleet"
 JOB_FILE = {"tunewatch-exporter": "exporter", "tunewatch-training": "training",
@@ -198,11 +205,7 @@ class Prom:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 15)
 
 
 # ---------------------------------------------------------------------- the run
@@ -369,7 +372,7 @@ def _scrape_when_up(port: int, proc: subprocess.Popen[bytes]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--smoke", action="store_true", help="4 nodes x 2 GPUs, 1s, 6 s")
     parser.add_argument("--nodes", type=int, default=None, help="default 64 (smoke 4)")
     parser.add_argument("--gpus", type=int, default=None, help="default 8 (smoke 2), max 8")
@@ -377,7 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="default 90 (smoke 6)")
     parser.add_argument("--record", action="store_true",
                         help="re-record tests/fixtures/fleet/*.txt from the real processes")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.record:
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = args.seconds or (6.0 if args.smoke else 90.0)
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         figures = measure(args, Path(tmp))
-    sys.stdout.write(json.dumps(figures, indent=2) + "\n" if args.json else as_text(figures))
+    write_figures(figures, args.json, as_text, indent=2)
     if figures["targets_up"] != figures["targets"] and not args.smoke:
         log.error("only %s of %s targets up", figures["targets_up"], figures["targets"])
         return 1

@@ -22,14 +22,12 @@ Exit status 1 when any process is at or over the target.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,14 +39,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
 from bench_evaluator import write_checkpoint  # noqa: E402
-from bench_exporter import free_port  # noqa: E402
-from common import Scraper  # noqa: E402
+from common import (  # noqa: E402
+    Scraper,
+    bench_parser,
+    checkpoint_workdir,
+    cpu_seconds,
+    write_figures,
+)
+from services import free_port, wait_for  # noqa: E402
 
 log = logging.getLogger("bench.idle")
 
 TARGET_PERCENT = 0.5
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -64,10 +68,9 @@ class Server:
     scrape_bytes: list[int] = field(default_factory=list)
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the process (all its threads), from /proc."""
+        """utime + stime of the process (all its threads), from /proc/<pid>/stat."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds(self.proc.pid)
 
     def get(self, path: str) -> tuple[int, bytes]:
         """A plain GET for polling (/-/ready, start-up); never part of the measurement."""
@@ -88,15 +91,6 @@ class Server:
             raise RuntimeError(f"{self.name}: /metrics answered {answer.status}")
         self.scrapes += 1
         self.scrape_bytes.append(len(answer.body))
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -152,8 +146,8 @@ def start(server: Server, work: Path, repo: Path) -> None:
         [sys.executable, "-m", "tunewatch", *server.argv,
          "--web.listen-address", f"127.0.0.1:{port}"],
         cwd=repo, env=_env(repo), stdout=log_file, stderr=subprocess.STDOUT)
-    _wait(lambda: server.get("/-/ready")[0] == 200 or server.proc.poll() is not None, 120,
-          f"{server.name} to be ready")
+    wait_for(lambda: server.get("/-/ready")[0] == 200 or server.proc.poll() is not None, 120,
+             f"{server.name} to be ready", interval=0.2)
     if server.proc.poll() is not None:
         raise RuntimeError(f"{server.name} exited; see {work / (server.name + '.log')}")
 
@@ -165,8 +159,8 @@ def measure(watched: Path, data: Path, work: Path, repo: Path, duration: float,
         for server in procs:
             start(server, work, repo)
         evaluator = procs[0]
-        _wait(lambda: b"tunewatch_eval_newest_checkpoint_step " in evaluator.get(
-            "/metrics")[1], 60, "the evaluator's first scan")
+        wait_for(lambda: b"tunewatch_eval_newest_checkpoint_step " in evaluator.get(
+            "/metrics")[1], 60, "the evaluator's first scan", interval=0.2)
         for server in procs:  # a first scrape builds what later ones reuse
             server.scrape()
         time.sleep(warmup)
@@ -210,11 +204,18 @@ def measure(watched: Path, data: Path, work: Path, repo: Path, duration: float,
     }
 
 
+def as_text(figures: dict[str, Any]) -> str:
+    lines = [f"{name:10s} idle CPU {fig['cpu_percent_of_a_core']:.3f}% of a core "
+             f"({fig['cpu_seconds']:.2f} s over {figures['window_seconds']:.0f} s, "
+             f"{fig['scrapes']} scrapes every {figures['scrape_interval_seconds']:g} s)"
+             for name, fig in figures["processes"].items()]
+    lines.append(f"target: under {TARGET_PERCENT}% of a core each; {figures['checkpoints']} "
+                 f"evaluated checkpoints; servers from {figures['repo']}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a checkpoint to copy (default: train a tiny model)")
-    parser.add_argument("--data", type=Path, default=None, help="its validation suite")
+    parser = bench_parser(__doc__, checkpoint=True)
     parser.add_argument("--checkpoints", type=int, default=4,
                         help="evaluated checkpoints the evaluator keeps watching")
     parser.add_argument("--duration", type=float, default=60.0)
@@ -223,15 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after start-up before the window opens")
     parser.add_argument("--repo", type=Path, default=REPO,
                         help="run the servers of this checkout (e.g. a worktree of HEAD)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     repo = args.repo.resolve()
-    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
-        work = Path(tmp)
-        from tunewatch.tinymodel import given_or_quick
-
-        checkpoint, data = given_or_quick(args.checkpoint, args.data, work)
+    with checkpoint_workdir(args, "bench-idle-") as (work, checkpoint, data):
         watched = prepare(checkpoint, data, work, args.checkpoints, repo)
         try:
             figures = measure(watched, data, work, repo, args.duration, args.interval,
@@ -241,15 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("%s:\n%s", path.name, path.read_text()[-3000:])
             raise
         shutil.rmtree(watched, ignore_errors=True)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for name, fig in figures["processes"].items():
-            print(f"{name:10s} idle CPU {fig['cpu_percent_of_a_core']:.3f}% of a core "
-                  f"({fig['cpu_seconds']:.2f} s over {figures['window_seconds']:.0f} s, "
-                  f"{fig['scrapes']} scrapes every {args.interval:g} s)")
-        print(f"target: under {TARGET_PERCENT}% of a core each; {figures['checkpoints']} "
-              f"evaluated checkpoints; servers from {repo}")
+    write_figures(figures, args.json, as_text)
     over = [n for n, f in figures["processes"].items()
             if f["cpu_percent_of_a_core"] >= TARGET_PERCENT]
     return 1 if over else 0

@@ -17,12 +17,10 @@ Exit status 1 when any scrape failed (full run only).
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,8 +32,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from bench_exporter import free_port, replicate_readings, start_tunewatch  # noqa: E402
-from common import Scraper  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
+from common import (  # noqa: E402
+    Scraper,
+    bench_parser,
+    percentiles,
+    replicate_readings,
+    start_tunewatch,
+    stop_process,
+    write_figures,
+)
+from services import free_port  # noqa: E402
 
 log = logging.getLogger("bench_load")
 
@@ -50,11 +57,7 @@ class Server:
     log_path: Path
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 10)
 
 
 @dataclass
@@ -99,12 +102,12 @@ def load(server: Server, scrapers: int, seconds: float) -> dict[str, Any]:
     for t in threads:
         t.join()
     lat = sorted(tally.latencies)
+    spread = percentiles(lat)
     return {
         "server": server.name, "scrapers": scrapers, "seconds": seconds,
         "scrapes": len(lat), "errors": dict(tally.errors),
         "scrapes_per_second": round(len(lat) / seconds, 1),
-        "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
-        "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1000, 2) if lat else None,
+        "p50_ms": spread["p50_ms"], "p99_ms": spread["p99_ms"],
     }
 
 
@@ -142,12 +145,11 @@ def as_text(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--smoke", action="store_true", help="10 scrapers for 3 s")
     parser.add_argument("--scrapers", type=int, default=None, help="default 50 (smoke 10)")
     parser.add_argument("--seconds", type=float, default=None, help="default 60 (smoke 3)")
     parser.add_argument("--only", nargs="*", default=[], help="server names to load")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     scrapers = args.scrapers or (10 if args.smoke else 50)
     seconds = args.seconds or (3.0 if args.smoke else 60.0)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(load(server, scrapers, seconds))
             finally:
                 server.stop()
-    sys.stdout.write(json.dumps(results, indent=2) + "\n" if args.json else as_text(results))
+    write_figures(results, args.json, as_text, indent=2)
     failed = [r["server"] for r in results if r["errors"] or not r["scrapes"]]
     if failed and not args.smoke:
         log.error("scrapes failed on: %s", ", ".join(failed))

@@ -14,12 +14,9 @@ Exit status 1 when the inline overhead is 2% of the evaluation time or more.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from common import bench_parser, checkpoint_workdir, write_figures  # noqa: E402
 
 log = logging.getLogger("bench.predictions")
 
@@ -37,7 +35,7 @@ def measure(checkpoint: Path, data: Path, rounds: int, work: Path) -> dict[str, 
     from evaluators.predictions.recorder import Recorder
     from evaluators.predictions.spool import Spool
     from evaluators.predictions.store import open_store
-    from tunewatch.config import EvaluatorConfig, PredictionsConfig
+    from tunewatch.core.config import EvaluatorConfig, PredictionsConfig
 
     suite = load_suite(data, [])
     started = time.perf_counter()
@@ -65,30 +63,23 @@ def measure(checkpoint: Path, data: Path, rounds: int, work: Path) -> dict[str, 
             "overhead_inline_ratio": inline / evaluation, "rounds": rounds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bench-predictions-") as tmp:
-        work = Path(tmp)
-        from tunewatch.tinymodel import given_or_quick
-
-        checkpoint, data = given_or_quick(args.checkpoint, args.data, work)
-        figures = measure(checkpoint, data, args.rounds, work)
-    if args.json:
-        sys.stdout.write(json.dumps(figures) + "\n")
-    else:
-        sys.stdout.write(
-            f"predictions: evaluation of {figures['examples']} examples "
+def as_text(figures: dict[str, Any]) -> str:
+    return (f"predictions: evaluation of {figures['examples']} examples "
             f"{figures['evaluation_seconds']:.2f}s; recording adds "
             f"{figures['record_on_thread_seconds'] * 1e3:.2f} ms on the evaluation thread "
             f"({figures['overhead_on_thread_ratio'] * 100:.2f}%), "
             f"{figures['record_inline_seconds'] * 1e3:.2f} ms with the SQLite write inline "
             f"({figures['overhead_inline_ratio'] * 100:.2f}%; target < 2%)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__, checkpoint=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with checkpoint_workdir(args, "bench-predictions-") as (work, checkpoint, data):
+        figures = measure(checkpoint, data, args.rounds, work)
+    write_figures(figures, args.json, as_text)
     return 0 if figures["overhead_inline_ratio"] < 0.02 else 1
 
 

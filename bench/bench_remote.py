@@ -14,12 +14,9 @@ Exit status 1 when the two passes disagree on any answer.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 for path in (REPO, REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+from common import bench_parser, checkpoint_workdir, write_figures  # noqa: E402
 
 log = logging.getLogger("bench.remote")
 
@@ -37,9 +35,9 @@ def measure(checkpoint: Path, data: Path, limit: int | None, work: Path) -> dict
     from inference_server import InferenceServer
 
     from evaluators import evaluate_checkpoint
-    from evaluators.remote.backend import RemoteEvaluator, model_id_for
+    from evaluators.backends.remote import RemoteEvaluator, model_id_for
     from evaluators.remote.client import RemoteStats
-    from tunewatch.config import Config
+    from tunewatch.core.config import Config
 
     base = dataclasses.replace(Config().evaluator, device="cpu")
     started = time.perf_counter()
@@ -78,25 +76,22 @@ def measure(checkpoint: Path, data: Path, limit: int | None, work: Path) -> dict
     }
 
 
+def log_figures(figures: dict[str, Any]) -> str:
+    """The text form: one log line a figure on stderr, beside the server's own log (nothing
+    for stdout, which holds only the --json result)."""
+    for key, value in figures.items():
+        log.info("%-32s %s", key, value)
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=None)
+    parser = bench_parser(__doc__, checkpoint=True)
     parser.add_argument("--limit", type=int, default=None, help="examples (default: all)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
-        work = Path(tmp)
-        from tunewatch.tinymodel import given_or_quick
-
-        checkpoint, data = given_or_quick(args.checkpoint, args.data, work)
+    with checkpoint_workdir(args, "bench-remote-") as (work, checkpoint, data):
         figures = measure(checkpoint, data, args.limit, work)
-    if args.json:
-        sys.stdout.write(json.dumps(figures) + "\n")
-    else:
-        for key, value in figures.items():
-            log.info("%-32s %s", key, value)
+    write_figures(figures, args.json, log_figures)
     if not figures["answers_identical"]:
         log.error("the remote pass gave other answers than the local one")
         return 1

@@ -16,8 +16,6 @@ Exit status 1 when the target is missed (full run only).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -27,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Scraper
+from common import Scraper, bench_parser, write_figures
 
 TARGET_US_PER_STEP = 50.0
 
@@ -62,18 +60,26 @@ def timed_callback(inner: Any) -> Any:
     return wrapper
 
 
+def as_text(figures: dict[str, Any]) -> str:
+    lines = [f"training callback: {figures['hook_us_per_step']:.1f} us of hooks per step "
+             f"(target < {TARGET_US_PER_STEP:.0f}), step time {figures['step_ms']:.1f} ms, "
+             f"{figures['steps']} steps"]
+    lines += [f"  {event:<24} {us:8.1f} us per call"
+              for event, us in figures["per_event_us"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--smoke", action="store_true", help="30 steps, no target enforced")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     steps = 30 if args.smoke else args.steps
 
     import torch
 
     from exporters.training import PrometheusCallback
-    from tunewatch import tinymodel
+    from tunewatch.demo import tinymodel
 
     torch.set_num_threads(1)
     spec = tinymodel.TinyModelSpec()
@@ -106,14 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_event_us": {e: ns / 1000 / n for e, (ns, n) in sorted(timed.totals.items())},
         "target_us_per_step": TARGET_US_PER_STEP,
     }
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        print(f"training callback: {figures['hook_us_per_step']:.1f} us of hooks per step "
-              f"(target < {TARGET_US_PER_STEP:.0f}), step time {figures['step_ms']:.1f} ms, "
-              f"{steps} steps")
-        for event, us in figures["per_event_us"].items():
-            print(f"  {event:<24} {us:8.1f} us per call")
+    write_figures(figures, args.json, as_text, indent=2)
     if not args.smoke and figures["hook_us_per_step"] >= TARGET_US_PER_STEP:
         print("training callback: target missed", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from evaluators.evaluate import (
     evaluate_checkpoint,
     evaluate_with_backend,
 )
-from evaluators.summary import ExampleOutcome, GroupStats
+from evaluators.outcomes import ExampleOutcome, GroupStats
 
 __all__ = [
     "REASONS",

@@ -11,19 +11,34 @@ The exact McNemar test on them says how likely such a split is with no real chan
 - regression (DESIGN section 9): a drop of at least `min_drop_overall` overall (or
   `min_drop_per_difficulty` in one difficulty) whose McNemar p-value on those paired
   examples is below `max_p_value`.
-- ranking: the last K checkpoints by composite score (ties: exact match, then later step).
+
+The ranking of the last K checkpoints is evaluators/ranking.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from evaluators.outcomes import ExampleOutcome
 from evaluators.stats import PairedTable, mcnemar_exact_p, paired_difference_interval
-from tunewatch.config import RegressionConfig
+from tunewatch.core.config import RegressionConfig
 
 # An outcome as kept in the state file: example key -> (exact match, difficulty).
 Outcomes = Mapping[str, tuple[bool, str]]
+
+
+def outcomes_of(outcomes: Iterable[ExampleOutcome]) -> dict[str, tuple[bool, str]]:
+    """An evaluation's outcomes in the form comparisons (and the state file) keep them."""
+    return {o.key: (o.exact_match, o.difficulty) for o in outcomes}
+
+
+def concordant(now: Outcomes, before: Outcomes) -> tuple[int, int]:
+    """Pairs both right and both wrong: McNemar ignores them, but a reader wants to see them."""
+    keys = set(now) & set(before)
+    right = sum(1 for k in keys if now[k][0] and before[k][0])
+    wrong = sum(1 for k in keys if not now[k][0] and not before[k][0])
+    return right, wrong
 
 
 @dataclass(frozen=True)
@@ -100,29 +115,3 @@ def compare(
         _is_drop(p, rules.min_drop_per_difficulty, rules.max_p_value) for p in per.values()
     )
     return Comparison(baseline, baseline_step, overall, per, regression)
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One of the last K checkpoints in the ranking (rank 1 is the best)."""
-
-    rank: int
-    step: int
-    checkpoint: str
-    composite_score: float | None
-    exact_match: float
-
-
-def rank(entries: Sequence[tuple[int, str, float | None, float]], last_k: int) -> list[Ranked]:
-    """Rank the last K checkpoints (by step) of (step, checkpoint, composite, exact match).
-
-    Ordered by composite score (a checkpoint without one ranks after those with one), then
-    exact match, then the later step.
-    """
-    recent = sorted(entries, key=lambda e: e[0])[-last_k:]
-    ordered = sorted(
-        recent,
-        key=lambda e: (e[2] is not None, e[2] if e[2] is not None else 0.0, e[3], e[0]),
-        reverse=True,
-    )
-    return [Ranked(i + 1, s, c, score, em) for i, (s, c, score, em) in enumerate(ordered)]

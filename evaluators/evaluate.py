@@ -19,17 +19,22 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluators.backend import BackendOutOfMemoryError, Generation, GenerationBackend, GoldenScore
+from evaluators.backends.base import (
+    BackendOutOfMemoryError,
+    Generation,
+    GenerationBackend,
+    GoldenScore,
+)
 from evaluators.data import Example, SkippedLine, Suite, load_suite, quick_subset
 from evaluators.errors import EvaluationError
+from evaluators.outcomes import ExampleOutcome, GroupStats, length_bucket, summarize
 from evaluators.scoring import Contract, answer_confidence, answer_token_mask, judge
-from evaluators.summary import ExampleOutcome, GroupStats, length_bucket, summarize
-from tunewatch.config import EvaluatorConfig
+from tunewatch.core.config import EvaluatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +290,11 @@ def suite_for(cfg: EvaluatorConfig, suite: Suite | None,
     return load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
 
 
+# evaluate_checkpoint's signature, or a function standing in for it (the remote evaluator's
+# evaluate): (checkpoint, cfg, *, suite, data_dir, limit, show_progress) -> EvalResult.
+Evaluate = Callable[..., "EvalResult"]
+
+
 def evaluate_checkpoint(
     checkpoint: Path | str,
     cfg: EvaluatorConfig,
@@ -300,7 +310,7 @@ def evaluate_checkpoint(
     problem is reported before a model is loaded; the model is loaded once and released at
     the end. Raises EvaluationError (with a bounded `reason`) when nothing can be measured.
     """
-    from evaluators.backend import LocalBackend
+    from evaluators.backends.local import LocalBackend
 
     suite = suite_for(cfg, suite, data_dir)
     backend, info = LocalBackend.load(

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable
 
 from evaluators.evaluate import EvalResult
+from evaluators.outcomes import BREAKDOWNS, GroupStats
 from evaluators.stats import Calibration, Rate
-from evaluators.summary import BREAKDOWNS, GroupStats
 
 _ROW = "  {:<22} {:>5}  {:<22} {:<22} {:>7} {:>6} {:>6}  {}"
 

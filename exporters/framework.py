@@ -9,8 +9,9 @@ answers, and says per collector whether it worked and how long it took:
     tunewatch_exporter_collector_duration_seconds{collector="gpu"} 0.0123
     tunewatch_exporter_collector_failures_total{collector="gpu",reason="timeout"} 0
 
-A collector that hangs keeps its worker; later scrapes join the call still in flight (so a
-hung collector holds one thread, not one per scrape) and report `timeout` until it returns.
+A collector that hangs keeps its worker (exporters/bounded.py); later scrapes join the call
+still in flight (so a hung collector holds one thread, not one per scrape) and report
+`timeout` until it returns.
 
 A collector is any object with `name`, `collect() -> Iterable[Metric]` and `close()`.
 """
@@ -18,7 +19,6 @@ A collector is any object with `name`, `collect() -> Iterable[Metric]` and `clos
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +28,8 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+
+from exporters.bounded import BoundedCall, Timed
 
 log = logging.getLogger("tunewatch.collectors")
 
@@ -45,43 +47,15 @@ class Collector(Protocol):
 
 
 class _Slot:
-    """One collector, its own worker thread, and the call in flight (if any).
-
-    The worker is a daemon thread that lives as long as the exporter: starting a thread per
-    scrape costs more than a small collector itself, and a daemon thread (unlike a
-    ThreadPoolExecutor's workers, joined at exit) cannot keep the process alive when the
-    collector hangs in a driver call.
-    """
+    """One collector, its bounded worker (exporters/bounded.py) and its failure counts."""
 
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
+        self.call = BoundedCall(lambda: list(collector.collect()),
+                                f"collector-{collector.name}")
         self.lock = threading.Lock()
-        self.inflight: Future[tuple[list[Metric], float]] | None = None
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.last_error = ""
-        self._queue: queue.SimpleQueue[Future[tuple[list[Metric], float]]] = (
-            queue.SimpleQueue())
-        threading.Thread(target=self._work, daemon=True,
-                         name=f"collector-{collector.name}").start()
-
-    def submit(self) -> Future[tuple[list[Metric], float]]:
-        """A fresh call, or the one still in flight (a hung collector is not piled on)."""
-        with self.lock:
-            if self.inflight is None or self.inflight.done():
-                self.inflight = Future()
-                self._queue.put(self.inflight)
-            return self.inflight
-
-    def _work(self) -> None:
-        while True:
-            future = self._queue.get()
-            start = time.perf_counter()
-            try:
-                families = list(self.collector.collect())
-            except BaseException as exc:
-                future.set_exception(exc)
-                continue
-            future.set_result((families, time.perf_counter() - start))
 
 
 class CollectorSet:
@@ -112,7 +86,7 @@ class CollectorSet:
 
     def collect(self) -> Iterator[Metric]:
         start = time.perf_counter()
-        futures = [(slot, slot.submit()) for slot in self.slots]
+        futures = [(slot, slot.call.submit()) for slot in self.slots]
         success = GaugeMetricFamily(
             "tunewatch_exporter_collector_success",
             "1 if the collector finished this scrape in time without an error, else 0.",
@@ -132,11 +106,11 @@ class CollectorSet:
         yield self._failures()
         self._collected.set()
 
-    def _result(self, slot: _Slot, future: Future[tuple[list[Metric], float]],
+    def _result(self, slot: _Slot, future: Future[Timed[list[Metric]]],
                 remaining: float) -> tuple[list[Metric], float, bool]:
         name = slot.collector.name
         try:
-            families, seconds = future.result(timeout=remaining)
+            timed = future.result(timeout=remaining)
         except FutureTimeout:
             self._fail(slot, "timeout", f"no answer within {self.timeout_seconds:g} s")
             return [], self.timeout_seconds, False
@@ -146,7 +120,7 @@ class CollectorSet:
         if slot.last_error:
             log.info("collector %s works again", name)
             slot.last_error = ""
-        return families, seconds, True
+        return timed.value, timed.seconds, True
 
     def _fail(self, slot: _Slot, reason: str, message: str,
               exc: BaseException | None = None) -> None:

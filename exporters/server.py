@@ -470,3 +470,13 @@ def wait_for_stop_signal() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     while not stop.wait(1.0):
         pass
+
+
+def run_until_signal(stop: Callable[[], None]) -> None:
+    """What a tunewatch server process does once it listens: freeze the start-up objects,
+    block until SIGINT or SIGTERM, then `stop` (whatever ended the wait)."""
+    freeze_startup_objects()
+    try:
+        wait_for_stop_signal()
+    finally:
+        stop()

@@ -35,14 +35,10 @@ sys.path.insert(0, str(REPO))
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from exporters.collectors.gpu import GpuCollector  # noqa: E402
-from exporters.collectors.nvml_reader import (  # noqa: E402
-    GpuReader,
-    GpuUnavailable,
-    NvmlReader,
-    RecordedReader,
-    snapshot_to_dict,
-)
+from exporters.collectors.gpu.collector import GpuCollector  # noqa: E402
+from exporters.collectors.gpu.nvml import NvmlReader  # noqa: E402
+from exporters.collectors.gpu.readings import GpuReader, GpuUnavailable  # noqa: E402
+from exporters.collectors.gpu.recorded import RecordedReader, snapshot_to_dict  # noqa: E402
 
 log = logging.getLogger("record_gpu_fixture")
 

@@ -64,7 +64,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     """A trained tiny Qwen3 model: checkpoint-100/200/300 and an easy/medium/hard suite."""
-    from tunewatch.tinymodel import build_tiny_run
+    from tunewatch.demo.tinymodel import build_tiny_run
 
     return build_tiny_run(tmp_path_factory.mktemp("tiny"), max_steps=300, save_steps=100)
 
@@ -77,8 +77,8 @@ def answer_key(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     comparison): against its own answer key the last checkpoint is right by construction,
     whatever a few hundred training steps taught it on this machine.
     """
-    from tunewatch.config import EvaluatorConfig
-    from tunewatch.tinymodel import answer_key_suite
+    from tunewatch.core.config import EvaluatorConfig
+    from tunewatch.demo.tinymodel import answer_key_suite
 
     out = tmp_path_factory.mktemp("answer_key")
     kept = answer_key_suite(tiny_run.checkpoints[-1], tiny_run.data_dir, out,

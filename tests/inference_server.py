@@ -215,7 +215,7 @@ class ServerState:
 
 def load_backend(path: str) -> Any:
     """LocalBackend on CPU; any failure becomes a 500 (the caller keeps the previous model)."""
-    from evaluators.backend import LocalBackend
+    from evaluators.backends.local import LocalBackend
 
     try:
         backend, _info = LocalBackend.load(path, device="cpu", dtype="auto",

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tunewatch.config import RegressionConfig
+from tunewatch.core.config import RegressionConfig
 
 # An outcome as the state file keeps it: example key -> (exact match, difficulty).
 Outcomes = Mapping[str, tuple[bool, str] | list]

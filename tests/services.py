@@ -139,16 +139,35 @@ class Service:
             self.proc.wait(timeout=timeout)
 
 
+class LoopbackService(Service):
+    """A Service answering HTTP on a free 127.0.0.1 port: its port, address and url, and a
+    start that waits until a path of it answers 200.
+
+    Why: every server the tests run (the real binaries, tunewatch, the ones a test defines)
+    listens on loopback and is ready once a health path answers; one place picks the port
+    and polls it, so a server class says only its command line and that path.
+    """
+
+    def __init__(self, name: str, workdir: Path, scheme: str = "http") -> None:
+        super().__init__(name, workdir)
+        self.port = free_port()
+        self.address = f"{LOCALHOST}:{self.port}"
+        self.url = f"{scheme}://{self.address}"
+
+    def launch(self, argv: list[str], ready_path: str) -> None:
+        """Spawn argv; return once GET ready_path answers 200 (stopped and raised if not)."""
+        self.spawn(argv)
+        self.wait_ready(lambda: _http_ok(f"{self.url}{ready_path}"))
+
+
 # --------------------------------------------------------------------------- Prometheus
 
 
-class Prometheus(Service):
+class Prometheus(LoopbackService):
     """A real Prometheus; targets are added at run time through file-based discovery."""
 
     def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
         super().__init__("prometheus", workdir)
-        self.port = free_port()
-        self.url = f"http://{LOCALHOST}:{self.port}"
         self.sd_dir = workdir / "file_sd"
         self.sd_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "prometheus.yml"
@@ -186,17 +205,17 @@ class Prometheus(Service):
 
     def start(self) -> Prometheus:
         self.write_config()
-        self.spawn(
+        self.launch(
             [
                 require_binary("prometheus"),
                 f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address={LOCALHOST}:{self.port}",
+                f"--web.listen-address={self.address}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d",
-            ]
+            ],
+            "/-/ready",
         )
-        self.wait_ready(lambda: _http_ok(f"{self.url}/-/ready"))
         return self
 
     def reload(self) -> None:
@@ -298,27 +317,25 @@ class Prometheus(Service):
 # --------------------------------------------------------------------------- others
 
 
-class Alertmanager(Service):
+class Alertmanager(LoopbackService):
     """A real Alertmanager (Debian's prometheus-alertmanager), clustering off."""
 
     def __init__(self, workdir: Path, config_text: str) -> None:
         super().__init__("alertmanager", workdir)
-        self.port = free_port()
-        self.url = f"http://{LOCALHOST}:{self.port}"
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(config_text)
 
     def start(self) -> Alertmanager:
-        self.spawn(
+        self.launch(
             [
                 require_binary("prometheus-alertmanager"),
                 f"--config.file={self.config_path}",
                 f"--storage.path={self.workdir / 'data'}",
-                f"--web.listen-address={LOCALHOST}:{self.port}",
+                f"--web.listen-address={self.address}",
                 "--cluster.listen-address=",
-            ]
+            ],
+            "/-/ready",
         )
-        self.wait_ready(lambda: _http_ok(f"{self.url}/-/ready"))
         return self
 
     def alerts(self) -> list[dict[str, Any]]:
@@ -326,19 +343,17 @@ class Alertmanager(Service):
         return list(json.loads(body))
 
 
-class NodeExporter(Service):
+class NodeExporter(LoopbackService):
     """A real node_exporter on a free port."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__("node_exporter", workdir)
-        self.port = free_port()
-        self.address = f"{LOCALHOST}:{self.port}"
 
     def start(self) -> NodeExporter:
-        self.spawn(
-            [require_binary("prometheus-node-exporter"), f"--web.listen-address={self.address}"]
+        self.launch(
+            [require_binary("prometheus-node-exporter"), f"--web.listen-address={self.address}"],
+            "/metrics",
         )
-        self.wait_ready(lambda: _http_ok(f"http://{self.address}/metrics"))
         return self
 
 
@@ -434,14 +449,8 @@ def _pid_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- tunewatch
 
 
-class Tunewatch(Service):
+class Tunewatch(LoopbackService):
     """A `tunewatch SUBCOMMAND` child process serving /metrics on a free port."""
-
-    def __init__(self, name: str, workdir: Path, scheme: str = "http") -> None:
-        super().__init__(name, workdir)
-        self.port = free_port()
-        self.address = f"{LOCALHOST}:{self.port}"
-        self.url = f"{scheme}://{self.address}"
 
     def start(self, args: list[str], env: dict[str, str] | None = None,
               probe: Callable[[], bool] | None = None, timeout: float = 60.0) -> Tunewatch:
@@ -478,8 +487,8 @@ class AlertPipeline:
     """
 
     def __init__(self, workdir: Path, repo: Path, group_wait: str | None = None) -> None:
-        from tunewatch.config import load_config
-        from tunewatch.stack import render_alertmanager_config
+        from tunewatch.core.config import load_config
+        from tunewatch.stack.render import render_alertmanager_config
 
         self.workdir = workdir
         self.repo = repo

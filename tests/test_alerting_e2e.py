@@ -7,7 +7,7 @@ repository's routing (group_wait shortened), and `tunewatch alert-log` as the re
 The regression is real by construction, on any machine: the suite is the last checkpoint's
 answer key (its own greedy answers as the golden ones), so that checkpoint answers it right,
 and the damaged copy has every weight zeroed, so it answers nothing right
-(tunewatch.tinymodel.blank_checkpoint). What the test asserts are rules: the drop and the
+(tunewatch.demo.tinymodel.blank_checkpoint). What the test asserts are rules: the drop and the
 p-value Prometheus reports equal those computed again from the per-example results in the
 evaluator's state file, and the alert fires because those pass the configured thresholds.
 """
@@ -25,8 +25,8 @@ import pytest
 from paired_reference import is_regression, pairs
 from services import AlertPipeline, wait_for
 
-from tunewatch.config import EvaluatorConfig
-from tunewatch.tinymodel import blank_checkpoint
+from tunewatch.core.config import EvaluatorConfig
+from tunewatch.demo.tinymodel import blank_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from services import Alertmanager, free_port, http_get, wait_for
 
-from tunewatch.config import load_config
-from tunewatch.stack import render_alertmanager_config
+from tunewatch.core.config import load_config
+from tunewatch.stack.render import render_alertmanager_config
 
 ROUTES = [
     ({"alertname": "EvalRegression", "severity": "critical", "run": "r1"}, "pager"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tunewatch.config import ConfigError, as_dict, load_config
+from tunewatch.core.config import ConfigError, as_dict, load_config
 
 
 def test_defaults_follow_the_design_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -156,7 +156,7 @@ def test_cli_reports_a_bad_config_in_one_line_without_traceback(tmp_path: Path):
 
 
 def test_shipped_tunewatch_yml_documents_exactly_the_defaults(repo_root: Path):
-    from tunewatch.config import Config, as_dict
+    from tunewatch.core.config import Config, as_dict
 
     shipped = as_dict(load_config(repo_root / "tunewatch.yml", environ={}))
     assert shipped == as_dict(Config())

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from benchsupport import run_bench
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_smoke(tiny_run, repo_root):
-    done = subprocess.run(
-        [sys.executable, str(repo_root / "bench" / "bench_eval.py"), "--smoke", "--json",
-         "--checkpoint", str(tiny_run.checkpoints[-1]), "--data", str(tiny_run.data_dir),
-         # Batch size 1: no padding, so both paths do the same computation and must agree
-         # on any machine; a padded batch may tip a near-tie (test_eval_correctness.py).
-         "--batch-size", "1"],
-        capture_output=True, text=True, check=False, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
+def test_bench_smoke(tiny_run):
+    figures = run_bench(
+        "bench_eval.py", "--smoke", "--checkpoint", str(tiny_run.checkpoints[-1]),
+        "--data", str(tiny_run.data_dir),
+        # Batch size 1: no padding, so both paths do the same computation and must agree
+        # on any machine; a padded batch may tip a near-tie (test_eval_correctness.py).
+        "--batch-size", "1")
     assert figures["examples"] == 30
     assert figures["exact_match_identical"]
     assert figures["exact_match_batched"] == figures["exact_match_naive"]

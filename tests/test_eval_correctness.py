@@ -26,11 +26,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evaluators.backend import BackendOutOfMemoryError, LocalBackend
+from evaluators.backends.base import BackendOutOfMemoryError
+from evaluators.backends.local import LocalBackend
 from evaluators.data import load_suite
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import EvalResult, evaluate_checkpoint, evaluate_with_backend
-from tunewatch.config import ContractConfig, EvaluatorConfig
+from tunewatch.core.config import ContractConfig, EvaluatorConfig
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from evaluators.outcomes import length_bucket
 from evaluators.scoring import (
     Contract,
     answer_confidence,
@@ -16,7 +17,6 @@ from evaluators.scoring import (
     normalize,
     strip_think,
 )
-from evaluators.summary import length_bucket
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from paired_reference import Pairs
 
-from tunewatch.config import EvaluatorConfig
-from tunewatch.tinymodel import blank_checkpoint
+from tunewatch.core.config import EvaluatorConfig
+from tunewatch.demo.tinymodel import blank_checkpoint
 
 pytestmark = pytest.mark.slow
 

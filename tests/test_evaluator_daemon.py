@@ -21,7 +21,7 @@ import pytest
 from paired_reference import is_regression, pairs
 from services import free_port, http_get, wait_for
 
-from tunewatch.config import EvaluatorConfig
+from tunewatch.core.config import EvaluatorConfig
 
 pytestmark = pytest.mark.slow
 

@@ -12,13 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from catalogue import section_rows
 
-from evaluators.compare import compare, paired, rank
+from evaluators.compare import compare, paired
 from evaluators.curriculum import recommended_mix
 from evaluators.discovery import Scanner
+from evaluators.ranking import rank
 from evaluators.state import State, StateError, load, save
 from evaluators.stats import PairedTable, mcnemar_exact_p, paired_difference_interval
-from tunewatch.config import RegressionConfig
+from tunewatch.core.config import RegressionConfig
 
 
 def test_mcnemar_hand_computed():
@@ -235,23 +237,11 @@ def test_state_prune_keeps_last_k_and_best(tmp_path: Path):
     assert json.loads((tmp_path / "state.json").read_text())["version"] == 1
 
 
-def _catalogue_section(repo_root: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
-    text = (repo_root / "docs" / "metrics.md").read_text()
-    section = text.split("## Evaluator (`tunewatch evaluate`, :9947)", 1)[1].split("\n## ", 1)[0]
-    rows = {}
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            labels = tuple(x.strip() for x in cells[3].split(",") if x.strip())
-            rows[cells[0].strip("`")] = (cells[1], labels)
-    return rows
-
-
-def test_catalogue_section_lists_every_family(repo_root):
+def test_catalogue_section_lists_every_family():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from evaluators.metrics import FAMILIES, families
+    from evaluators.families import FAMILIES, families
 
     class _All:
         def collect(self):
@@ -261,7 +251,7 @@ def test_catalogue_section_lists_every_family(repo_root):
     registry.register(_All())  # type: ignore[arg-type]
     exposed = {f.name: f.type for f in text_string_to_metric_families(
         generate_latest(registry).decode())}
-    documented = _catalogue_section(repo_root)
+    documented = {row.name: (row.type_cell, row.labels) for row in section_rows("Evaluator")}
     names = {
         (n + "_total" if k == "counter" else n + "_info" if k == "info" else n): labels
         for n, (k, labels, _t) in FAMILIES.items()

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from benchsupport import run_bench
 
 from exporters.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_smoke(repo_root):
-    done = subprocess.run(
-        [sys.executable, str(repo_root / "bench" / "bench_exporter.py"), "--smoke", "--json",
-         "--compare"],
-        capture_output=True, text=True, check=False, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
+def test_bench_smoke():
+    figures = run_bench("bench_exporter.py", "--smoke", "--compare", timeout=600)
     assert figures["scrapes"] == 50
     assert figures["series"] > 900  # 23 recorded boards: about 1k series
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]

@@ -37,7 +37,7 @@ from exporters.server import (
     section_options,
 )
 from exporters.webconfig import WebConfigError, load_web_config
-from tunewatch.config import ConfigError, load_config
+from tunewatch.core.config import ConfigError, load_config
 
 
 class Fixed:

@@ -23,8 +23,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.samples import Exemplar, Sample
 from services import promtool_check_metrics
 
-from exporters.collectors.gpu import snapshot_families
-from exporters.collectors.nvml_reader import RecordedReader
+from exporters.collectors.gpu.families import snapshot_families
+from exporters.collectors.gpu.recorded import RecordedReader
 from exporters.exposition import (
     CACHE_FACTOR,
     CACHE_FLOOR,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evaluators.discovery import Scanner
 from exporters.collectors.files import scan_checkpoints
-from exporters.training.sidecar import StatusFileCollector
+from exporters.training.status_collector import StatusFileCollector
 
 DURATION = 1.5  # seconds of concurrent writing per test
 

@@ -18,7 +18,7 @@ import pytest
 
 from evaluators import daemon as daemon_mod
 from evaluators.state import State, load, save
-from tunewatch.config import EvaluatorConfig
+from tunewatch.core.config import EvaluatorConfig
 
 
 @pytest.fixture

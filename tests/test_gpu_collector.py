@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from exporters.collectors.gpu import (
-    GpuCollector,
-    PeakTracker,
-    XidTracker,
-    create_collector,
-)
-from exporters.collectors.nvml_reader import (
-    GpuSnapshot,
-    NvmlReader,
-    RecordedReader,
-    XidEvent,
-)
-from tunewatch.config import ExporterConfig
+from exporters.collectors.gpu.collector import GpuCollector, create_collector
+from exporters.collectors.gpu.nvml import NvmlReader
+from exporters.collectors.gpu.readings import GpuSnapshot, XidEvent
+from exporters.collectors.gpu.recorded import RecordedReader
+from exporters.collectors.gpu.trackers import PeakTracker, XidTracker
+from tunewatch.core.config import ExporterConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 RTX4090 = {"gpu": "0", "uuid": "GPU-4090a1b2-c3d4-e5f6-0718-293a4b5c6d7e"}

@@ -16,15 +16,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from exporters.collectors.gpu import (
-    GpuCollector,
+from exporters.collectors.gpu.collector import GpuCollector
+from exporters.collectors.gpu.families import (
     availability_families,
     peak_family,
     snapshot_families,
 )
-from exporters.collectors.nvml_reader import (
-    GpuSnapshot,
-    GpuUnavailable,
+from exporters.collectors.gpu.readings import GpuSnapshot, GpuUnavailable
+from exporters.collectors.gpu.recorded import (
     RecordedReader,
     recording_from_dict,
     snapshot_from_dict,

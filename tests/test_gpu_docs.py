@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from catalogue import rows, types
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters.collectors.gpu import GpuCollector
-from exporters.collectors.nvml_reader import RecordedReader, XidEvent
+from exporters.collectors.gpu.collector import GpuCollector
+from exporters.collectors.gpu.readings import XidEvent
+from exporters.collectors.gpu.recorded import RecordedReader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
-ROW = re.compile(r"^\| `(tunewatch_gpu_\w+)` \| (\w+)")
 
 
-def documented(repo_root: Path) -> dict[str, str]:
-    text = (repo_root / "docs" / "metrics.md").read_text(encoding="utf-8")
-    return {m.group(1): m.group(2) for m in map(ROW.match, text.splitlines()) if m}
+def documented() -> dict[str, str]:
+    """name -> type of every tunewatch_gpu_* row of the catalogue, whatever its section."""
+    return types([row for row in rows() if row.name.startswith("tunewatch_gpu_")])
 
 
 def published() -> dict[str, str]:
@@ -39,8 +39,8 @@ def published() -> dict[str, str]:
     return out
 
 
-def test_docs_table_matches_the_exposition(repo_root: Path):
-    docs = documented(repo_root)
+def test_docs_table_matches_the_exposition():
+    docs = documented()
     seen = published()
     assert sorted(docs) == sorted(seen)
     for name, kind in seen.items():

@@ -24,15 +24,10 @@ from typing import Any
 import pynvml
 import pytest
 
-from exporters.collectors.nvml_reader import (
-    GpuFailure,
-    GpuUnavailable,
-    NvmlReader,
-    ProcessDescriber,
-    XidEvent,
-    gpu_reading_from_dict,
-    nvml_error_reason,
-)
+from exporters.collectors.gpu.nvml import NvmlReader, nvml_error_reason
+from exporters.collectors.gpu.processes import ProcessDescriber
+from exporters.collectors.gpu.readings import GpuFailure, GpuUnavailable, XidEvent
+from exporters.collectors.gpu.recorded import gpu_reading_from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 
@@ -372,7 +367,7 @@ def _closed_to_others(*paths: Path) -> Path | None:
 
 def test_process_describer_without_access_keeps_the_name(repo_root: Path):
     """Another user's environment is unreadable (AccessDenied): name kept, run/rank empty."""
-    code = ("from exporters.collectors.nvml_reader import ProcessDescriber; "
+    code = ("from exporters.collectors.gpu.processes import ProcessDescriber; "
             "print(repr(ProcessDescriber().describe(1)))")
     command = [sys.executable, "-c", code]
     if os.geteuid() == 0:

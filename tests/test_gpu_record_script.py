@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporters.collectors.nvml_reader import recording_from_dict
+from exporters.collectors.gpu.recorded import recording_from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 

@@ -21,7 +21,7 @@ import pytest
 from inference_server import InferenceServer
 from services import http_get
 
-from evaluators.backend import LocalBackend
+from evaluators.backends.local import LocalBackend
 from evaluators.data import Message
 
 QUESTION = [Message("user", "What is 12+34?")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunewatch.logsetup import JsonFormatter, LogfmtFormatter
+from tunewatch.core.logsetup import JsonFormatter, LogfmtFormatter
 
 LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 

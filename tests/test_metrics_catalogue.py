@@ -16,27 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from catalogue import rows, section_rows, sections, types
 from prometheus_client.parser import text_string_to_metric_families
 from services import Tunewatch, free_port, http_get, promtool_check_metrics, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-ROW = re.compile(r"^\| `((?:tunewatch|process|python)_\w+)` \| (\w+)")
+NAME = re.compile(r"(?:tunewatch|process|python)_\w+")
 COMMON = "Every tunewatch server"
 HOST = "Host exporter"
-
-
-def catalogue() -> dict[str, dict[str, str]]:
-    """`## ` section title (up to its first '(') -> {metric name: type}."""
-    sections: dict[str, dict[str, str]] = {}
-    current = None
-    for line in (REPO / "docs" / "metrics.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            current = line[3:].split("(")[0].strip()
-            sections[current] = {}
-        elif current and (m := ROW.match(line)):
-            assert m.group(1) not in sections[current], f"{m.group(1)} listed twice"
-            sections[current][m.group(1)] = m.group(2)
-    return sections
 
 
 def published(text: str) -> dict[str, str]:
@@ -52,10 +39,9 @@ def published(text: str) -> dict[str, str]:
 
 
 def section(title: str) -> dict[str, str]:
-    sections = catalogue()
-    matches = [k for k in sections if k.startswith(title)]
-    assert len(matches) == 1, f"docs/metrics.md has no single section {title!r}: {list(sections)}"
-    return {**sections[matches[0]], **sections[COMMON]}
+    """The metrics of the one section whose title starts with `title`, and the common
+    ones: name -> type (no name listed twice in either)."""
+    return {**types(section_rows(title)), **types(section_rows(COMMON))}
 
 
 def assert_equal(documented: dict[str, str], seen: dict[str, str], who: str) -> None:
@@ -115,14 +101,16 @@ def test_host_exporter_output_passes_promtool(host_text: str):
 
 
 def test_every_row_is_well_formed():
-    """Five columns, a known type, a unit and a meaning on every row."""
-    text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
-    for line in text.splitlines():
-        if ROW.match(line):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            assert len(cells) >= 5, line
-            assert cells[1].split()[0] in ("gauge", "counter", "histogram", "summary"), line
-            assert cells[2] and cells[4], line
+    """Five columns, a known name prefix and type, a unit and a meaning on every row."""
+    found = rows()
+    assert found, "docs/metrics.md has no metric rows"
+    for row in found:
+        assert NAME.fullmatch(row.name), row.line
+        assert len(row.cells) >= 5, row.line
+        assert row.type in ("gauge", "counter", "histogram", "summary"), row.line
+        assert row.unit and row.meaning, row.line
+    for rows_of_section in sections().values():
+        types(rows_of_section)  # no metric listed twice in one section
 
 
 # --------------------------------------------------------------------------- training

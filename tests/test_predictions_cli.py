@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from predictions_support import fresh_database, grid, row
 
-from evaluators.predictions.cli import parse_time
+from evaluators.predictions.query import parse_time
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Filters, open_store
 from tunewatch.cli import main

@@ -20,7 +20,7 @@ from evaluators.predictions.recorder import Recorder
 from evaluators.predictions.sample import build_rows, due, render_prompt, sample_keys
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Filters, Store, open_store
-from tunewatch.config import EvaluatorConfig, PredictionsConfig
+from tunewatch.core.config import EvaluatorConfig, PredictionsConfig
 
 LIMIT = 30
 SAMPLE = 8

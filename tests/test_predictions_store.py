@@ -14,7 +14,7 @@ from predictions_support import fresh_database, grid, row
 
 from evaluators.predictions.schema import FILTER_INDEXES, LATEST
 from evaluators.predictions.store import Filters, Store, StoreError, open_store
-from tunewatch.config import PredictionsConfig
+from tunewatch.core.config import PredictionsConfig
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -27,17 +27,17 @@ import pytest
 from inference_server import InferenceServer
 from services import free_port, promtool_check_metrics
 
+from evaluators.backends.remote import RemoteEvaluator, model_id_for
 from evaluators.daemon import Daemon
 from evaluators.data import load_suite
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import evaluate_checkpoint
-from evaluators.metrics import families
+from evaluators.families import families
 from evaluators.predictions.recorder import Recorder
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Filters, open_store
-from evaluators.remote.backend import RemoteEvaluator, model_id_for
 from evaluators.remote.client import RETRY_REASONS, InferenceClient, RemoteStats
-from tunewatch.config import (
+from tunewatch.core.config import (
     Config,
     ConfigError,
     EvaluatorConfig,

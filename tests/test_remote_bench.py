@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from benchsupport import run_bench
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_remote_smoke(tiny_run, repo_root):
-    done = subprocess.run(
-        [sys.executable, str(repo_root / "bench" / "bench_remote.py"), "--json", "--limit",
-         "20", "--checkpoint", str(tiny_run.checkpoints[-1]), "--data", str(tiny_run.data_dir)],
-        capture_output=True, text=True, check=False, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
+def test_bench_remote_smoke(tiny_run):
+    figures = run_bench("bench_remote.py", "--limit", "20", "--checkpoint",
+                        str(tiny_run.checkpoints[-1]), "--data", str(tiny_run.data_dir))
     assert figures["examples"] == 20
     assert figures["answers_identical"]
     assert figures["exact_match_remote"] == figures["exact_match_local"]

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from inference_server import InferenceServer
 
+from evaluators.backends.remote import model_id_for
 from evaluators.daemon import Daemon
-from evaluators.remote.backend import model_id_for
 from evaluators.remote.client import InferenceClient, RemoteStats
 from evaluators.remote.deploy import Deployer, read_history
-from tunewatch.config import Config
+from tunewatch.core.config import Config
 
 RUN = "demo"
 BASE = "Qwen3-base"

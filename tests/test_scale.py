@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from services import Service, free_port, http_get, require_binary, wait_for
+from benchsupport import run_bench
+from services import LoopbackService, free_port, http_get, require_binary, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -72,23 +73,20 @@ def test_cardinality_budget_from_recorded_outputs() -> None:
     assert json.loads(out.stdout)["total_series"] == fleet["total_series"]
 
 
-class AlertmanagerPeer(Service):
+class AlertmanagerPeer(LoopbackService):
     """One member of an Alertmanager cluster on loopback."""
 
     def __init__(self, workdir: Path, config: Path, cluster_port: int, peers: list[int]) -> None:
         super().__init__(f"alertmanager-{cluster_port}", workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [require_binary("prometheus-alertmanager"), f"--config.file={config}",
                      f"--storage.path={workdir / str(cluster_port)}",
-                     f"--web.listen-address=127.0.0.1:{self.port}",
+                     f"--web.listen-address={self.address}",
                      f"--cluster.listen-address=127.0.0.1:{cluster_port}",
                      "--cluster.advertise-address=" f"127.0.0.1:{cluster_port}",
                      *(f"--cluster.peer=127.0.0.1:{p}" for p in peers)]
 
     def start(self) -> AlertmanagerPeer:
-        self.spawn(self.argv)
-        self.wait_ready(lambda: http_get(f"{self.url}/-/ready")[0] == 200)
+        self.launch(self.argv, "/-/ready")
         return self
 
     def peers(self) -> int:
@@ -125,11 +123,7 @@ def test_alertmanager_ha_pair(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_fleet_smoke() -> None:
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_fleet.py"), "--smoke",
-                           "--json", "--seconds", "3"], capture_output=True, text=True,
-                          check=False, timeout=240, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(done.stdout)
+    figures = run_bench("bench_fleet.py", "--smoke", "--seconds", "3", timeout=240)
     assert figures["targets_up"] == figures["targets"] == 4 * 3 + 3
     assert figures["head_series"] > figures["samples_per_round"] * 0.5
     assert figures["scrape_duration_p99_ms"] is not None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from services import Prometheus, Service, Tunewatch, free_port, http_get, wait_for
+from services import LoopbackService, Prometheus, Tunewatch, http_get, wait_for
 from test_dashboards_live import (
     RANGE_SECONDS,
     SCRAPE_SECONDS,
@@ -39,20 +39,17 @@ pytestmark = pytest.mark.slow
 BINARY = shutil.which("victoria-metrics") or shutil.which("victoria-metrics-prod")
 
 
-class VictoriaMetrics(Service):
+class VictoriaMetrics(LoopbackService):
     """Single-node VictoriaMetrics on a free loopback port."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__("victoria-metrics", workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> VictoriaMetrics:
         assert BINARY is not None
-        self.spawn([BINARY, f"-httpListenAddr=127.0.0.1:{self.port}",
-                    f"-storageDataPath={self.workdir / 'vm-data'}", "-retentionPeriod=1d",
-                    "-search.latencyOffset=0s", "-search.disableCache"])
-        self.wait_ready(lambda: http_get(f"{self.url}/health")[0] == 200)
+        self.launch([BINARY, f"-httpListenAddr={self.address}",
+                     f"-storageDataPath={self.workdir / 'vm-data'}", "-retentionPeriod=1d",
+                     "-search.latencyOffset=0s", "-search.disableCache"], "/health")
         return self
 
     def api(self, path: str, params: dict[str, str]) -> Any:

@@ -20,7 +20,7 @@ import yaml
 from services import Tunewatch, http_get, promtool_check_metrics
 
 from exporters.labels import MAX_LENGTH, bounded_label_value
-from tunewatch.config import Config
+from tunewatch.core.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENT_FILES = [
@@ -149,7 +149,7 @@ def test_bounded_label_value(raw: str, expected: str) -> None:
 
 def test_status_file_texts_reach_labels_bounded(tmp_path: Path) -> None:
     from exporters.exposition import render_families
-    from exporters.training.sidecar import StatusFileCollector
+    from exporters.training.status_collector import StatusFileCollector
 
     status = tmp_path / "status.json"
     status.write_text(json.dumps({

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from services import free_port, wait_for
 
-from tunewatch.stack import status_line
+from tunewatch.stack.status import status_line
 
 
 def stack_env(data_dir: Path) -> tuple[dict[str, str], int]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunewatch.tinymodel import (
+from tunewatch.demo.tinymodel import (
     TinyModelSpec,
     build_model,
     build_tokenizer,

@@ -17,8 +17,8 @@ from transformers import TrainerCallback
 
 from exporters.server import ServerStartError
 from exporters.training import PrometheusCallback, TrainingMetrics, serve
-from tunewatch import tinymodel
-from tunewatch.demo import PaceCallback
+from tunewatch.demo import tinymodel
+from tunewatch.demo.trainer import PaceCallback
 
 JOB = "training-callback"
 MAX_STEPS = 150
@@ -374,7 +374,7 @@ def test_training_settings_come_from_the_config(repo_root: Path):
     """tunewatch.yml's training keys are the callback's defaults; bad values name the key."""
     import inspect
 
-    from tunewatch.config import ConfigError, load_config
+    from tunewatch.core.config import ConfigError, load_config
 
     cfg = load_config(repo_root / "tunewatch.yml", environ={})
     params = inspect.signature(PrometheusCallback).parameters

@@ -20,8 +20,8 @@ import torch
 from transformers import TrainerCallback
 
 from exporters.training import PrometheusCallback
-from tunewatch import tinymodel
-from tunewatch.demo import PaceCallback
+from tunewatch.demo import tinymodel
+from tunewatch.demo.trainer import PaceCallback
 
 address, out, raise_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 

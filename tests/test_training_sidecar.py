@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from services import Tunewatch, free_port, http_get, promtool_check_metrics, wait_for
 
-from exporters.training.sidecar import StatusFileCollector
 from exporters.training.status import parse_status, parse_timestamp, well_formed_line
-from tunewatch.config import QueueDir
+from exporters.training.status_collector import StatusFileCollector
+from tunewatch.core.config import QueueDir
 
 T0 = 1_800_000_000.0
 GOOD = {"status": "training", "current_step": 120, "total_steps": 600, "epoch": 0.4,

@@ -1,4 +1,4 @@
-"""`tunewatch alert-log`: the default Alertmanager receiver.
+"""The default Alertmanager receiver (`tunewatch alert-log`): webhooks to a JSON-lines file.
 
 Why: with no chat or mail receiver configured, alerts must still land somewhere a person
 (and a test) can see. This receiver accepts Alertmanager's webhook payload (version 4),
@@ -7,7 +7,6 @@ appends each notification as one JSON line to a file, and logs a one-line summar
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import threading
@@ -15,8 +14,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-from tunewatch.config import Config
 
 log = logging.getLogger("tunewatch.alertlog")
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -87,25 +84,17 @@ def make_handler(sink: AlertLog) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--web.listen-address", dest="listen", default=None,
-                        help="host:port (default 127.0.0.1:<stack.webhook_port>)")
-    parser.add_argument("--file", default=None,
-                        help="JSON-lines file (default <stack.data_dir>/alerts.jsonl)")
+def bind(listen_address: str, sink: AlertLog) -> ThreadingHTTPServer:
+    """The receiver's HTTP server on `host:port`, bound and not yet serving; OSError when
+    the address cannot be bound."""
+    host, _, port = listen_address.rpartition(":")
+    return ThreadingHTTPServer((host, int(port)), make_handler(sink))
 
 
-def run(args: argparse.Namespace, cfg: Config) -> int:
-    listen = args.listen or f"127.0.0.1:{cfg.stack.webhook_port}"
-    host, _, port = listen.rpartition(":")
-    sink = AlertLog(Path(args.file or Path(cfg.stack.data_dir) / "alerts.jsonl"))
-    try:
-        server = ThreadingHTTPServer((host, int(port)), make_handler(sink))
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", listen, exc.strerror)
-        return 1
-    log.info("alert-log listening on http://%s, writing %s", listen, sink.path)
+def serve(server: ThreadingHTTPServer, sink: AlertLog, listen_address: str) -> None:
+    """Serve webhooks until interrupted, then close the socket."""
+    log.info("alert-log listening on http://%s, writing %s", listen_address, sink.path)
     try:
         server.serve_forever()
     finally:
         server.server_close()
-    return 0

@@ -1,10 +1,12 @@
 """The `tunewatch` command: one entry point, one subcommand per job.
 
-Subcommand modules are imported only when chosen, so `tunewatch exporter` never pays for
-importing torch. Each module listed in SUBCOMMANDS provides:
+This is the top of the command layer: tunewatch/commands/ holds one module per subcommand
+(argument parsing and `run`), on top of the libraries (exporters/, evaluators/, tunewatch's
+applications) and the base (tunewatch/core/). Subcommand modules are imported only when
+chosen, so `tunewatch exporter` never pays for importing torch. Each provides:
 
     add_arguments(parser: argparse.ArgumentParser) -> None
-    run(args: argparse.Namespace, cfg: tunewatch.config.Config) -> int   # exit status
+    run(args: argparse.Namespace, cfg: tunewatch.core.config.Config) -> int   # exit status
 """
 
 from __future__ import annotations
@@ -15,32 +17,31 @@ import logging
 import sys
 
 from tunewatch import __version__
-from tunewatch.config import ConfigError, load_config
-from tunewatch.logsetup import FORMATS, LEVELS, setup_logging
+from tunewatch.core.config import load_config
+from tunewatch.core.errors import ConfigError, UsageError
+from tunewatch.core.logsetup import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("tunewatch")
 
-# name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("tunewatch.stack", "run the local stack (Prometheus, Alertmanager, exporters, demo)"),
-    "config": ("tunewatch.showconfig", "validate the configuration and print the effective one"),
-    "alert-log": ("tunewatch.alertlog", "receive Alertmanager webhooks and log them as JSON lines"),
-    "exporter": ("exporters.host", "the host exporter: GPU, process and file metrics (:9945)"),
-    "training-sidecar": ("exporters.training.sidecar",
-                         "training metrics from a trainer's status file (:9946)"),
-    "demo-train": ("tunewatch.demo", "train the tiny demo model with the Prometheus callback"),
-    "eval-once": ("evaluators.eval_once", "evaluate one checkpoint on the validation suite"),
-    "evaluate": ("evaluators.daemon", "evaluate every new checkpoint and publish metrics (:9947)"),
-    "compare": ("evaluators.compare_cmd", "paired comparison of two checkpoints (McNemar)"),
-    "deploy": ("evaluators.remote.deploy_cmd",
-               "the inference server's served model: status, rollback of the last deploy"),
-    "predictions": ("evaluators.predictions.cli",
-                    "list, follow and export the predictions kept for each checkpoint"),
+# name -> one-line help; the module is tunewatch.commands.<name, "-" as "_">.
+SUBCOMMANDS: dict[str, str] = {
+    "up": "run the local stack (Prometheus, Alertmanager, exporters, demo)",
+    "config": "validate the configuration and print the effective one",
+    "alert-log": "receive Alertmanager webhooks and log them as JSON lines",
+    "exporter": "the host exporter: GPU, process and file metrics (:9945)",
+    "training-sidecar": "training metrics from a trainer's status file (:9946)",
+    "demo-train": "train the tiny demo model with the Prometheus callback",
+    "eval-once": "evaluate one checkpoint on the validation suite",
+    "evaluate": "evaluate every new checkpoint and publish metrics (:9947)",
+    "compare": "paired comparison of two checkpoints (McNemar)",
+    "deploy": "the inference server's served model: status, rollback of the last deploy",
+    "predictions": "list, follow and export the predictions kept for each checkpoint",
 }
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: one line, exit status 2, no traceback."""
+def command_module(name: str) -> str:
+    """The module of subcommand `name`: one per subcommand, named after it."""
+    return f"tunewatch.commands.{name.replace('-', '_')}"
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_arguments(parser)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
-    for name, (_module, text) in SUBCOMMANDS.items():
+    for name, text in SUBCOMMANDS.items():
         subs.add_parser(name, help=text, add_help=False)
     return parser
 
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     top, rest = parser.parse_known_args(argv)
-    module_name, text = SUBCOMMANDS[top.command]
-    module = importlib.import_module(module_name)
+    text = SUBCOMMANDS[top.command]
+    module = importlib.import_module(command_module(top.command))
     sub = argparse.ArgumentParser(prog=f"tunewatch {top.command}", description=text)
     sub.add_argument("--config", default=None, help="path of tunewatch.yml (also before COMMAND)")
     add_log_arguments(sub)

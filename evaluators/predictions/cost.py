@@ -4,15 +4,19 @@ Why an estimate and not a measurement: the recorded examples are generated insid
 evaluation's batched pass, so no clock times them alone. Their share is their count over
 the measured examples per second; per run, that times the checkpoints that will be
 recorded (max_steps / save_steps, thinned by `predictions.frequency`). Printed by
-`tunewatch predictions cost` and published as tunewatch_eval_predictions_cost_*_seconds.
+`tunewatch predictions cost` (`cost_text`, from the speed the evaluator last measured:
+`measured_speed`) and published as tunewatch_eval_predictions_cost_*_seconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from tunewatch.config import PredictionsConfig
+from evaluators.state import FILE_NAME
+from tunewatch.core.config import PredictionsConfig
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,37 @@ def estimate(cfg: PredictionsConfig, *, examples_per_second: float, suite_exampl
     per_checkpoint = rows / examples_per_second
     n = recorded_checkpoints(cfg, max_steps, save_steps, epochs)
     return CostEstimate(rows, n, per_checkpoint, None if n is None else per_checkpoint * n)
+
+
+def measured_speed(state_dir: str | Path) -> tuple[float | None, int | None]:
+    """Examples per second and suite size from the evaluator's last published state
+    (None for either when no evaluation has published it yet)."""
+    path = Path(state_dir) / FILE_NAME
+    try:
+        published = json.loads(path.read_text(encoding="utf-8")).get("published", {})
+    except (OSError, ValueError, AttributeError):
+        return None, None
+
+    def first(name: str, labels: dict[str, str]) -> float | None:
+        for row_labels, value in published.get(name, []):
+            if row_labels == labels:
+                return float(value)
+        return None
+    examples = first("tunewatch_eval_examples", {"difficulty": "all"})
+    return (first("tunewatch_eval_examples_per_second", {}),
+            int(examples) if examples is not None else None)
+
+
+def cost_text(cfg: PredictionsConfig, examples_per_second: float, examples: int,
+              max_steps: int | None, save_steps: int | None) -> str:
+    """The estimate for a person: per checkpoint, and per run where its shape is known."""
+    est = estimate(cfg, examples_per_second=examples_per_second, suite_examples=examples,
+                   failed_ratio=0.5, max_steps=max_steps, save_steps=save_steps)
+    lines = [f"{est.rows_per_checkpoint} row(s) per checkpoint at {examples_per_second:.3g} "
+             f"examples/s: {est.checkpoint_seconds:.2f}s of generation per checkpoint"]
+    if est.run_seconds is not None:
+        lines.append(f"{est.checkpoints} recorded checkpoint(s) per run: "
+                     f"{est.run_seconds:.1f}s per run")
+    if cfg.record_failed:
+        lines.append("(failed examples estimated at a 50% error rate)")
+    return "\n".join(lines) + "\n"

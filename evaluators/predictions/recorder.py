@@ -29,7 +29,7 @@ from evaluators.predictions.export import write_jsonl
 from evaluators.predictions.sample import build_rows, checkpoint_info, due, sample_keys
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Row, Store, StoreError, open_store
-from tunewatch.config import PredictionsConfig
+from tunewatch.core.config import PredictionsConfig
 
 log = logging.getLogger("tunewatch.predictions")
 

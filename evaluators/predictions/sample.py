@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluators.data import Example, Message
-from evaluators.summary import ExampleOutcome
-from tunewatch.config import PredictionsConfig
+from evaluators.outcomes import ExampleOutcome
+from tunewatch.core.config import PredictionsConfig
 
 Row = dict[str, Any]
 

@@ -44,7 +44,7 @@ from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
 from evaluators.errors import EvaluationError
-from tunewatch.config import RemoteConfig
+from tunewatch.core.config import RemoteConfig
 
 log = logging.getLogger(__name__)
 

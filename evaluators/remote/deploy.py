@@ -14,11 +14,13 @@ per deployment or rollback:
 The history is a stack: a deploy pushes, a rollback pops and re-activates what the popped
 deployment replaced. A rolled-back model id is not deployed again automatically (a person
 decided against it); a later, better checkpoint is. `tunewatch deploy status` and
-`tunewatch deploy rollback` read the same file (docs/remote.md).
+`tunewatch deploy rollback` read the same file (docs/remote.md): `deploy_target` is the
+server and history they act on, `status` what they print.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +33,8 @@ from typing import Any
 
 from evaluators.errors import EvaluationError
 from evaluators.remote.client import InferenceClient
+from tunewatch.core.config import EvaluatorConfig, RemoteConfig
+from tunewatch.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,25 @@ DEPLOY_FAILURE_REASONS = ("remote", "checkpoint_missing", "history_write")
 
 class DeployError(Exception):
     """A rollback that cannot be done (nothing deployed, nothing before it)."""
+
+
+def history_path(ev: EvaluatorConfig) -> Path:
+    """evaluator.remote.deploy_history, or deployments.jsonl under evaluator.state_dir."""
+    if ev.remote.deploy_history:
+        return Path(ev.remote.deploy_history)
+    return Path(ev.state_dir) / "deployments.jsonl"
+
+
+def deploy_target(ev: EvaluatorConfig, url: str | None,
+                  history: str | None) -> tuple[RemoteConfig, Path]:
+    """The server (`url` over evaluator.remote.url) and the history file (`history` over
+    history_path) that `tunewatch deploy` acts on; UsageError without a server URL."""
+    url = url if url is not None else ev.remote.url
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"no inference server URL (got {url!r}): set evaluator.remote.url"
+                         " or pass --url http://HOST:PORT")
+    remote = dataclasses.replace(ev.remote, url=url)
+    return remote, Path(history) if history else history_path(ev)
 
 
 @dataclass(frozen=True)
@@ -251,3 +274,26 @@ class Deployer:
             "deployed_step": deployed.get("step") if deployed is not None else None,
             "failures": failures,
         }
+
+
+def status(client: InferenceClient, path: Path) -> dict[str, Any]:
+    """What the server serves next to what the history says is deployed (asks the server)."""
+    history = read_history(path)
+    return {"url": client.base, "served": client.active_model(), "deployed": history.deployed,
+            "history": history.records}
+
+
+def status_text(state: dict[str, Any], path: Path) -> str:
+    """`status` for a person: served and deployed model, a note when they differ, the last
+    ten history records."""
+    served, deployed = state["served"], state["deployed"]
+    lines = [f"server     {state['url']}", f"served     {served or '(no model)'}",
+             f"deployed   {deployed['model_id'] if deployed else '(none recorded)'}"
+             f" (history: {path})"]
+    if deployed is not None and served != deployed["model_id"]:
+        lines.append("note       the served model is not the deployed one (an evaluation"
+                     " with remote.activate, or a change made by hand)")
+    for record in state["history"][-10:]:
+        lines.append(f"  {record.get('at', 0):.0f}  {record['action']:<8}"
+                     f" {record.get('model_id')}  (replaced {record.get('previous')})")
+    return "\n".join(lines) + "\n"

@@ -1,8 +1,9 @@
-"""The host exporter's collectors, one source per module (gpu, process, files).
+"""The host exporter's collectors, one source each: gpu (a package), process, files.
 
-Each module provides `create_collector(cfg: ExporterConfig)` returning an object with
-`name`, `collect()` and `close()` (see exporters/framework.py). Modules are imported only
-when their collector is enabled, so a host without NVML never imports it.
+procenv.py is not a collector: it reads a process's run and ranks for gpu and process.
+Each collector module provides `create_collector(cfg: ExporterConfig)` returning an object
+with `name`, `collect()` and `close()` (see exporters/framework.py). Modules are imported
+only when their collector is enabled, so a host without NVML never imports it.
 """
 
 COLLECTORS: dict[str, str] = {

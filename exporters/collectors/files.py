@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 if TYPE_CHECKING:
-    from tunewatch.config import ExporterConfig, QueueDir
+    from tunewatch.core.config import ExporterConfig, QueueDir
 
 log = logging.getLogger("tunewatch.collectors.files")
 

@@ -12,8 +12,8 @@ found by a pid file, an exact process name or a command-line regular expression:
     tunewatch_process_info{local_rank="0",pid="4242",process="trainer",rank="0",run="r7"} 1
 
 Values carry only `process` (the configured name) and `pid`; the run and ranks, read from
-the process environment (TUNEWATCH_RUN, RANK, LOCAL_RANK), are on the `_info` series so a
-query joins them when it needs them. Matches per target are capped
+the process environment (TUNEWATCH_RUN, RANK, LOCAL_RANK; see procenv.py), are on the
+`_info` series so a query joins them when it needs them. Matches per target are capped
 (exporter.process_max_matches) so a loose pattern cannot flood Prometheus.
 """
 
@@ -31,14 +31,15 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from exporters.collectors.procenv import ENV_KEYS, run_labels
+
 if TYPE_CHECKING:
-    from tunewatch.config import ExporterConfig, ProcessTarget
+    from tunewatch.core.config import ExporterConfig, ProcessTarget
 
 log = logging.getLogger("tunewatch.collectors.process")
 
 ERROR_REASONS = ("pid_file_unreadable", "pid_file_invalid", "access_denied",
                  "too_many_matches")
-ENV_KEYS = {"run": "TUNEWATCH_RUN", "rank": "RANK", "local_rank": "LOCAL_RANK"}
 
 
 @dataclass
@@ -166,13 +167,12 @@ class ProcessCollector:
 
     def _environment(self, name: str, proc: psutil.Process) -> dict[str, str]:
         try:
-            environ = proc.environ()
+            return run_labels(proc)
         except psutil.NoSuchProcess:
             return {}
         except psutil.AccessDenied:
             self._error(name, "access_denied", f"pid {proc.pid}: environment not readable")
             return {}
-        return {label: environ.get(var, "") for label, var in ENV_KEYS.items()}
 
     def _error(self, name: str, reason: str, message: str) -> None:
         if self.errors[(name, reason)] == 0:

@@ -2,7 +2,8 @@
 
 - `PrometheusCallback`: a transformers TrainerCallback serving /metrics from the trainer.
 - `TrainingMetrics`: the same metrics for a hand-written loop (`update(step=..., loss=...)`).
-- `tunewatch training-sidecar` (exporters.training.sidecar): the same from a status file.
+- `StatusFileCollector` (exporters.training.status_collector, run by `tunewatch
+  training-sidecar`): the same from a trainer's status file.
 
 PrometheusCallback is imported lazily so that the framework-free parts do not import
 transformers.

@@ -44,7 +44,7 @@ from exporters.training.metrics import (
     counter_family,
 )
 from exporters.webconfig import WebConfigError
-from tunewatch.config import TrainingConfig
+from tunewatch.core.config import TrainingConfig
 
 log = logging.getLogger("tunewatch.training")
 

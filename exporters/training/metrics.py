@@ -36,7 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 
 from exporters.labels import bounded_label_value
-from tunewatch.config import TrainingConfig
+from tunewatch.core.config import TrainingConfig
 
 log = logging.getLogger("tunewatch.training")
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ALIASES = {"status": "state", "current_step": "step", "total_steps": "max_steps"}
 NUMBER_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "learning_rate",
@@ -73,6 +76,34 @@ def parse_timestamp(value: Any) -> float:
     return number
 
 
+def _as_number(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (booleans are not numbers)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _typed(data: dict[str, Any], names: Iterable[str], convert: Callable[[Any], T | None],
+           problems: list[str]) -> dict[str, T]:
+    """The present fields among `names` that `convert` accepts; each other one is a
+    problem ("name value"), so one bad field never hides the good ones."""
+    found: dict[str, T] = {}
+    for name in names:
+        value = data.get(name)
+        if value is None:
+            continue
+        converted = convert(value)
+        if converted is None:
+            problems.append(f"{name} {value!r}")
+        else:
+            found[name] = converted
+    return found
+
+
 def parse_status(text: str) -> Status:
     """Parse the status file's text; StatusError("parse_error" | "not_an_object") if unusable.
 
@@ -95,22 +126,8 @@ def parse_status(text: str) -> Status:
             status.state = state.strip().lower()
         else:
             status.problems.append(f"state {state!r}")
-    for name in NUMBER_FIELDS:
-        value = data.get(name)
-        if value is None:
-            continue
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            status.numbers[name] = float(value)
-        else:
-            status.problems.append(f"{name} {value!r}")
-    for name in TEXT_FIELDS:
-        value = data.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            status.texts[name] = value
-        else:
-            status.problems.append(f"{name} {value!r}")
+    status.numbers = _typed(data, NUMBER_FIELDS, _as_number, status.problems)
+    status.texts = _typed(data, TEXT_FIELDS, _as_text, status.problems)
     if data.get("updated_at") is not None:
         try:
             status.updated_at = parse_timestamp(data["updated_at"])
