@@ -25,11 +25,21 @@ exists). Run it as `python tests/inference_server.py --port N`; tests start it w
 GET /stats is the test server's own (not the old API): the TCP connections it accepted,
 the jobs it created and the requests it answered, each with its connection's number, so
 that a test can see keep-alive and duplicate jobs from the server's side.
+
+POST /test/faults (also the test server's own) changes the fault scenario of a running
+server (a JSON object with any of the flags' names: job_delay, fail_jobs, health_status,
+refuse, refuse_status, retry_after, generate_delay); POST /test/reset restores the start
+scenario and empties the request log and the job count. Why: loading a model costs seconds,
+so the tests share one server and give each scenario to it in turn
+(`InferenceServer.faults`), rather than starting a server per scenario. A delay in progress
+ends as soon as the scenario no longer asks for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -37,8 +47,10 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,8 +68,12 @@ log = logging.getLogger("inference_server")
 
 DEFAULT_MAX_TOKENS = 256
 REQUEST_LOG_SIZE = 10_000  # requests kept for GET /stats (a server started by hand runs long)
-# Never refused by --refuse: readiness probes and the statistics themselves.
-NOT_REFUSED = {("GET", "/health"), ("GET", "/stats")}
+# Never refused by --refuse, nor logged for /stats: readiness probes, the statistics and the
+# fault controls themselves.
+NOT_REFUSED = {("GET", "/health"), ("GET", "/stats"), ("POST", "/test/faults"),
+               ("POST", "/test/reset")}
+NOT_LOGGED = {"/stats", "/test/faults", "/test/reset"}
+DELAY_CHECK_SECONDS = 0.02  # how soon a delay in progress notices that its fault was lifted
 _STOP_JOBS = None  # the worker's queue sentinel
 
 
@@ -130,6 +146,7 @@ class ServerState:
     """
 
     options: Options
+    start_options: Options = field(default_factory=Options)
     models: dict[str, ModelEntry] = field(default_factory=dict)
     active_id: str | None = None
     backend: Any = None
@@ -172,6 +189,25 @@ class ServerState:
     def answered(self, entry: dict[str, Any], status: int) -> None:
         with self.lock:
             entry["status"] = status
+
+    def set_faults(self, changes: dict[str, Any]) -> Options:
+        """Change the running scenario (POST /test/faults); a fresh --refuse budget."""
+        known = {f.name for f in dataclasses.fields(Options)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown fault(s) {unknown}")
+        with self.lock:
+            self.options = dataclasses.replace(self.options, **changes)
+            self.refused = 0
+            return self.options
+
+    def reset(self) -> None:
+        """The start scenario again, an empty request log and job count (POST /test/reset)."""
+        with self.lock:
+            self.options = self.start_options
+            self.refused = 0
+            self.counter = 0
+            self.requests.clear()
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -242,8 +278,7 @@ def run_job(state: ServerState, job: Job) -> None:
     """One job: running, the optional delay, then done or failed (never raises)."""
     with state.lock:
         job.status = "running"
-    if state.options.job_delay > 0:
-        time.sleep(state.options.job_delay)
+    delay_while(lambda: state.options.job_delay)
     try:
         if state.options.fail_jobs:
             raise RuntimeError("job failed (server started with --fail-jobs)")
@@ -255,6 +290,13 @@ def run_job(state: ServerState, job: Job) -> None:
         return
     with state.lock:
         job.status, job.result = "done", result
+
+
+def delay_while(seconds: Any) -> None:
+    """Wait `seconds()` from now, re-reading it: a fault lifted meanwhile ends the wait."""
+    start = time.monotonic()
+    while (left := seconds() - (time.monotonic() - start)) > 0:
+        time.sleep(min(left, DELAY_CHECK_SECONDS))
 
 
 def generate(state: ServerState, job: Job) -> dict[str, Any]:
@@ -381,8 +423,7 @@ def post_set_active(state: ServerState, body: dict[str, Any]) -> tuple[int, dict
 
 def post_generate(state: ServerState, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     job = state.submit(generate_fields(body))
-    if state.options.generate_delay > 0:  # the job exists; the answer comes late
-        time.sleep(state.options.generate_delay)
+    delay_while(lambda: state.options.generate_delay)  # the job exists; the answer is late
     return HTTPStatus.OK, {"job_id": job.job_id, "status": "pending"}
 
 
@@ -400,7 +441,18 @@ def route_get(state: ServerState, path: str) -> tuple[int, dict[str, Any]]:
     raise ApiError(HTTPStatus.NOT_FOUND, f"no such path: GET {path}")
 
 
+def post_faults(state: ServerState, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return HTTPStatus.OK, dataclasses.asdict(state.set_faults(body))
+
+
+def post_reset(state: ServerState, _body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    state.reset()
+    return HTTPStatus.OK, dataclasses.asdict(state.options)
+
+
 POST_ROUTES = {
+    "/test/faults": post_faults,
+    "/test/reset": post_reset,
     "/models/register": post_register,
     "/models/set_active": post_set_active,
     "/generate": post_generate,
@@ -449,7 +501,8 @@ class Handler(BaseHTTPRequestHandler):
         """Refuse (--refuse) or run a route, write its answer and log it for /stats;
         ApiError and crashes become JSON errors."""
         state = self.server.state
-        entry = state.arrived(self.connection_id, self.command, path) if path != "/stats" else None
+        entry = (state.arrived(self.connection_id, self.command, path)
+                 if path not in NOT_LOGGED else None)
         headers: dict[str, str] = {}
         if state.refusing(self.command, path):
             status, body = state.options.refuse_status, {"error": "too many requests"}
@@ -548,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = ServerState(Options(args.job_delay, args.fail_jobs, args.health_status,
-                                args.refuse, args.refuse_status, args.retry_after,
-                                args.generate_delay))
+    options = Options(args.job_delay, args.fail_jobs, args.health_status, args.refuse,
+                      args.refuse_status, args.retry_after, args.generate_delay)
+    state = ServerState(options, start_options=options)
     if args.checkpoint is not None:
         try:
             initial_model(state, args.checkpoint, args.model_id)
@@ -622,6 +675,27 @@ class InferenceServer(Service):
         self.spawn(self.argv())
         self.wait_ready(lambda: http_get(f"{self.url}/health", timeout=2.0)[0] > 0, timeout)
         return self
+
+    @contextlib.contextmanager
+    def faults(self, **changes: Any) -> Iterator[InferenceServer]:
+        """The running server, its request log and job count emptied, with these faults
+        (Options' names) until the block ends, then its start scenario again."""
+        self.reset()
+        self._post("/test/faults", changes)
+        try:
+            yield self
+        finally:
+            self.reset()
+
+    def reset(self) -> None:
+        """The start scenario, an empty request log and job count (POST /test/reset)."""
+        self._post("/test/reset", {})
+
+    def _post(self, path: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10.0) as answer:
+            assert answer.status == HTTPStatus.OK
 
     def stats(self) -> dict[str, Any]:
         """GET /stats: {"connections", "jobs", "requests": [{"connection", "method", "path",

@@ -193,18 +193,31 @@ def test_no_active_model_then_failing_jobs(tmp_path: Path, tiny_run, prompt: str
     assert server.proc is not None and server.proc.returncode == 0
 
 
-def test_job_delay_keeps_jobs_waiting(tmp_path: Path, tiny_run, prompt: str) -> None:
-    server = InferenceServer(tmp_path, checkpoint=tiny_run.checkpoints[-1], model_id="slow",
-                             job_delay=1.0).start()
-    try:
+def test_job_delay_keeps_jobs_waiting(served: InferenceServer, prompt: str) -> None:
+    with served.faults(job_delay=1.0) as server:
         ids = [submit(server, {"prompt": prompt, "max_tokens": 2}) for _ in range(2)]
         first = get_json(f"{server.url}/jobs/{ids[0]}")[1]
         assert first["status"] in ("pending", "running") and "result" not in first
         assert get_json(f"{server.url}/health")[1]["queued"] >= 1
         assert [wait_job(server, i)["status"] for i in ids] == ["done", "done"]
-    finally:
-        server.stop()
-    assert "listening on 127.0.0.1:" in server.log_path.read_text()
+        assert server.stats()["jobs"] == 2
+
+
+def test_faults_change_a_running_server_and_reset_restores_it(
+    served: InferenceServer, prompt: str
+) -> None:
+    """POST /test/faults: the scenario of a running server; the block's end restores it and
+    ends a delay in progress, so a shared server never carries one test's fault to the next."""
+    with served.faults(fail_jobs=True, health_status=503) as server:
+        assert get_json(f"{server.url}/health")[0] == 503
+        assert wait_job(server, submit(server, {"prompt": prompt}))["status"] == "failed"
+        assert post_json(f"{server.url}/test/faults", {"no_such_fault": 1})[0] == 400
+    after = served.stats()
+    assert (after["jobs"], after["requests"]) == (0, [])
+    assert get_json(f"{served.url}/health")[0] == 200
+    with served.faults(job_delay=600.0) as server:
+        slow = submit(server, {"prompt": prompt, "max_tokens": 2})
+    assert wait_job(served, slow)["status"] == "done"
 
 
 def test_refusals_and_connections_are_what_stats_reports(tmp_path: Path) -> None:

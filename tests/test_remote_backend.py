@@ -138,10 +138,8 @@ def test_activate_registers_and_switches_then_back(server, tiny_run, last) -> No
     assert client.active_model() == model_id(last)
 
 
-def test_slow_jobs_are_polled_with_exponential_backoff(tiny_run, last, tmp_path) -> None:
-    slow = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
-                           job_delay=0.4).start()
-    try:
+def test_slow_jobs_are_polled_with_exponential_backoff(server, tiny_run, last) -> None:
+    with server.faults(job_delay=0.4) as slow:
         waits: list[float] = []
 
         def sleep(seconds: float) -> None:
@@ -153,43 +151,29 @@ def test_slow_jobs_are_polled_with_exponential_backoff(tiny_run, last, tmp_path)
         client = InferenceClient(cfg.remote, sleep=sleep)
         data = load_suite(tiny_run.data_dir, [])
         result = RemoteEvaluator(cfg, RUN, client=client)(last, cfg, suite=data, limit=4)
-    finally:
-        slow.stop()
     assert result.overall.examples == 4
     # 4 jobs of 0.4 s each on one worker: about 1.6 s of polling, doubling from 0.01 s.
     assert waits[:4] == pytest.approx([0.01, 0.02, 0.04, 0.08])
     assert max(waits) <= 0.2 + 1e-9 and len(waits) < 30
 
 
-def test_a_job_past_its_deadline_times_out(tiny_run, last, tmp_path) -> None:
-    slow = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
-                           job_delay=5.0).start()
+def test_a_job_past_its_deadline_times_out(server, tiny_run, last) -> None:
     stats = RemoteStats()
-    try:
-        with pytest.raises(EvaluationError) as err:
-            evaluate_remote(remote_cfg(slow.url, job_timeout_seconds=0.5,
-                                       max_parallel_jobs=2), last, tiny_run.data_dir, stats)
-    finally:
-        slow.stop()
+    with server.faults(job_delay=5.0) as slow, pytest.raises(EvaluationError) as err:
+        evaluate_remote(remote_cfg(slow.url, job_timeout_seconds=0.5,
+                                   max_parallel_jobs=2), last, tiny_run.data_dir, stats)
     assert err.value.reason == "remote_timeout"
     assert "not done after 0.5s" in str(err.value)
     # The oldest job's time ran out (the second one's clock starts when its turn comes).
     assert stats.snapshot()["job_failures"]["timeout"] == 1
 
 
-def test_failed_jobs_and_an_unhealthy_server(tiny_run, last, tmp_path) -> None:
-    failing = InferenceServer(tmp_path / "f", checkpoint=last, model_id=model_id(last),
-                              fail_jobs=True).start()
-    sick = InferenceServer(tmp_path / "s", health_status=503).start()
+def test_failed_jobs_and_an_unhealthy_server(server, tiny_run, last) -> None:
     stats = RemoteStats()
-    try:
-        with pytest.raises(EvaluationError) as failed:
-            evaluate_remote(remote_cfg(failing.url), last, tiny_run.data_dir, stats)
-        with pytest.raises(EvaluationError) as unhealthy:
-            evaluate_remote(remote_cfg(sick.url), last, tiny_run.data_dir, stats)
-    finally:
-        failing.stop()
-        sick.stop()
+    with server.faults(fail_jobs=True) as failing, pytest.raises(EvaluationError) as failed:
+        evaluate_remote(remote_cfg(failing.url), last, tiny_run.data_dir, stats)
+    with server.faults(health_status=503) as sick, pytest.raises(EvaluationError) as unhealthy:
+        evaluate_remote(remote_cfg(sick.url), last, tiny_run.data_dir, stats)
     assert failed.value.reason == "remote_job" and "failed" in str(failed.value)
     assert stats.snapshot()["job_failures"]["failed"] == 1
     assert unhealthy.value.reason == "remote_unavailable"
@@ -406,21 +390,17 @@ class Sleeps:
 
 @pytest.mark.parametrize(("status", "reason"), [(429, "rate_limited"), (503, "server_error")])
 def test_a_refusal_with_retry_after_is_waited_for_then_the_job_sent_again(
-    last, tmp_path, status: int, reason: str
+    server, last, status: int, reason: str
 ) -> None:
     """A 429 (or a busy 503) with Retry-After means no job was made: POST /generate is sent
     again, no sooner than the server asked, and the server runs exactly one job."""
     retry_after = 1
-    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last), refuse=1,
-                          refuse_status=status, retry_after=retry_after).start()
     stats, sleeps = RemoteStats(), Sleeps()
-    try:
+    with server.faults(refuse=1, refuse_status=status, retry_after=retry_after) as srv:
         with InferenceClient(remote_cfg(srv.url).remote, stats, sleep=sleeps) as client:
             results = client.run([PROMPT], 2, [], 1)
         posts = requests_to(srv, "POST", "/generate")
         jobs = srv.stats()["jobs"]
-    finally:
-        srv.stop()
     assert len(results) == 1 and results[0].model == model_id(last)
     assert stats.snapshot()["retries"] == {r: int(r == reason) for r in RETRY_REASONS}
     # POST /generate is the first call: the first wait is its retry, longer than the
@@ -431,11 +411,9 @@ def test_a_refusal_with_retry_after_is_waited_for_then_the_job_sent_again(
     assert jobs == 1
 
 
-def test_a_job_is_submitted_and_polled_over_one_connection(last, tmp_path) -> None:
+def test_a_job_is_submitted_and_polled_over_one_connection(server, last) -> None:
     """Keep-alive: the client's calls share one TCP connection; close() ends it."""
-    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
-                          job_delay=0.3).start()
-    try:
+    with server.faults(job_delay=0.3) as srv:
         client = InferenceClient(remote_cfg(srv.url).remote)
         client.health()
         assert client.active_model() == model_id(last)
@@ -444,8 +422,6 @@ def test_a_job_is_submitted_and_polled_over_one_connection(last, tmp_path) -> No
         client.close()
         assert client.active_model() == model_id(last)  # a closed client opens a new one
         after = [r for r in srv.stats()["requests"] if r["path"] == "/models/active"]
-    finally:
-        srv.stop()
     polls = [r for r in mine if str(r["path"]).startswith("/jobs/")]
     assert len(polls) > 3, "each job must have been polled more than once"
     assert sum(r["path"] == "/generate" for r in mine) == 3
@@ -453,21 +429,17 @@ def test_a_job_is_submitted_and_polled_over_one_connection(last, tmp_path) -> No
     assert after[-1]["connection"] != mine[0]["connection"]
 
 
-def test_a_post_that_timed_out_on_read_is_not_sent_again(last, tmp_path) -> None:
+def test_a_post_that_timed_out_on_read_is_not_sent_again(server, last) -> None:
     """The server queued the job but answered too late: sending the POST again would make
     it run a second job, so the call fails instead (and the daemon retries the checkpoint)."""
-    srv = InferenceServer(tmp_path, checkpoint=last, model_id=model_id(last),
-                          generate_delay=3.0).start()
     stats = RemoteStats()
-    try:
+    with server.faults(generate_delay=3.0) as srv:
         client = InferenceClient(
             remote_cfg(srv.url, request_timeout_seconds=0.5, request_retries=3).remote, stats)
         with pytest.raises(EvaluationError) as err, client:
             client.submit(PROMPT, 2, [])
         posts = requests_to(srv, "POST", "/generate")
         jobs = srv.stats()["jobs"]
-    finally:
-        srv.stop()
     assert err.value.reason == "remote_unavailable" and "not sent again" in str(err.value)
     assert len(posts) == 1 and jobs == 1
     assert sum(stats.snapshot()["retries"].values()) == 0
