@@ -188,6 +188,11 @@ def breakdown(
     }
 
 
+def _field_label(name: str) -> Callable[[ExampleOutcome], str]:
+    """The label of one BREAKDOWNS field; a closure per name, so each binds its own."""
+    return lambda outcome: str(getattr(outcome, name))
+
+
 def summarize(
     outcomes: Sequence[ExampleOutcome],
     *,
@@ -200,7 +205,7 @@ def summarize(
     groups = {
         name: breakdown(
             outcomes,
-            lambda o, name=name: str(getattr(o, name)),
+            _field_label(name),
             bins=bins,
             confidence_level=confidence_level,
             weights=weights,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -40,6 +40,9 @@ from prometheus_client.metrics_core import Metric
 from exporters.exposition import gzip_accepted, negotiate
 from exporters.webconfig import WebConfig
 from tunewatch import __version__
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 log = logging.getLogger("tunewatch.server")
 
@@ -198,7 +201,11 @@ def _encode(encoder: Callable[[Any], bytes], registry: Any, gzipped: bool, level
     body = encoder(registry)
     # zlib with gzip framing (wbits=31) at the configured level: gzip.compress's default,
     # level 9, costs about ten times level 1 for 20% fewer bytes (docs/exporter.md).
-    return zlib.compress(body, level, wbits=31) if gzipped else body
+    # compressobj, not zlib.compress(wbits=...): that keyword is Python 3.11+; same bytes.
+    if not gzipped:
+        return body
+    packer = zlib.compressobj(level=level, method=zlib.DEFLATED, wbits=31)
+    return packer.compress(body) + packer.flush()
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -208,7 +215,7 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     owner: MetricsServer
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self: Self, request: Any, client_address: Any) -> None:
         ctx = self.owner.web_config.ssl_context
         if ctx is None:
             self.RequestHandlerClass(request, client_address, self)
@@ -226,6 +233,12 @@ class _HTTPServer(ThreadingHTTPServer):
             wrapped.close()
 
 
+class _HTTPServer6(_HTTPServer):
+    """The same server on an IPv6 listen address."""
+
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
@@ -235,7 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def setup(self) -> None:
-        self.timeout = self.server.owner.options.request_timeout_seconds
+        # Per instance: the servers differ. typeshed declares it a ClassVar; socketserver
+        # reads self.timeout.
+        self.timeout = self.server.owner.options.request_timeout_seconds  # type: ignore[misc]
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -368,9 +383,7 @@ class MetricsServer:
     def start(self) -> None:
         """Bind and serve in the background; a taken port is a ServerStartError."""
         host, port = parse_listen_address(self.listen_address)
-        server_cls = _HTTPServer
-        if ":" in host:
-            server_cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
+        server_cls = _HTTPServer6 if ":" in host else _HTTPServer
         try:
             httpd = server_cls((host, port), _Handler)
         except OSError as exc:

@@ -8,16 +8,24 @@ PostgreSQL and one trained tiny model serve every test; tests add their own scra
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from services import Alertmanager, NodeExporter, Postgres, Prometheus
+from services import Alertmanager, NodeExporter, Postgres, Prometheus, missing_binary_message
 
 REPO = Path(__file__).resolve().parent.parent
+
+# What scripts/bootstrap.sh installs (its Debian packages). Tests that run one of them
+# directly, without services.require_binary, still fail naming the bootstrap when it is
+# missing: a missing tool is a broken test machine, never a skip.
+BOOTSTRAPPED_BINARIES = frozenset({
+    "prometheus", "promtool", "prometheus-alertmanager", "amtool", "prometheus-node-exporter",
+    "postgres", "psql",
+})
 
 TEST_ALERTMANAGER_CONFIG = """\
 route:
@@ -25,6 +33,26 @@ route:
 receivers:
   - name: blackhole
 """
+
+
+def missing_bootstrapped_binary(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str:
+    """The bootstrapped binary a FileNotFoundError is about, or "" for any other outcome."""
+    if excinfo is None or not isinstance(excinfo.value, FileNotFoundError):
+        return ""
+    name = Path(str(excinfo.value.filename or "")).name
+    return name if name in BOOTSTRAPPED_BINARIES else ""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Add the bootstrap hint to a failure caused by running a missing bootstrapped binary."""
+    report = yield
+    missing = missing_bootstrapped_binary(call.excinfo)
+    if missing and report.failed:
+        report.sections.append(("missing binary", missing_binary_message(missing)))
+    return report
 
 
 @pytest.fixture(scope="session")

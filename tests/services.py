@@ -43,14 +43,24 @@ def free_port() -> int:
 
 
 def require_binary(name: str) -> str:
-    """The binary's path, or a failure telling how to get it (make test installs them)."""
+    """The binary's path, or a failure telling how to get it.
+
+    Why a failure and never a skip: promtool, amtool, Prometheus and the others are what
+    the tests check the project against, and the bootstrap installs them, so a missing one
+    is a broken test machine that a skip would report as green.
+    """
     path = shutil.which(name)
     if path is None:
-        raise ServiceError(
-            f"{name} not found on PATH: run `make test` (it installs the Debian packages "
-            "prometheus, prometheus-alertmanager, prometheus-node-exporter, postgresql)"
-        )
+        raise ServiceError(missing_binary_message(name))
     return path
+
+
+def missing_binary_message(name: str) -> str:
+    """What a test says when a binary the bootstrap installs is not on PATH."""
+    return (f"{name} not found on PATH: run the bootstrap, scripts/bootstrap.sh (`make "
+            "bootstrap`; `make test` runs it too), which installs the Debian packages "
+            "prometheus (with promtool), prometheus-alertmanager (with amtool), "
+            "prometheus-node-exporter and postgresql")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from services import require_binary
 
 from exporters.collectors.gpu.recorded import recording_from_dict
 
@@ -20,8 +20,8 @@ def run_script(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
                            *args], capture_output=True, text=True, check=False, timeout=60)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_dry_run_writes_a_replayable_recording(repo_root: Path, tmp_path: Path):
+    require_binary("promtool")  # the script lints with it when installed; the bootstrap does
     done = run_script(repo_root, "--out", str(tmp_path), "--scrapes", "3", "--interval", "0",
                       "--from-recording", str(FIXTURES / "h100-load.json"))
     assert done.returncode == 0, done.stderr

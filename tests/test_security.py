@@ -19,6 +19,7 @@ import pytest
 import yaml
 from services import Tunewatch, http_get, promtool_check_metrics
 
+from evaluators.predictions.store import redact
 from exporters.labels import MAX_LENGTH, bounded_label_value
 from tunewatch.core.config import Config
 
@@ -131,8 +132,7 @@ def test_basic_auth_passwords_never_logged(tmp_path: Path) -> None:
 
 
 def test_store_urls_are_redacted_for_logs() -> None:
-    store = pytest.importorskip("evaluators.predictions.store")
-    shown = store.redact("postgresql://tunewatch:hunter2@127.0.0.1:5432/tunewatch")
+    shown = redact("postgresql://tunewatch:hunter2@127.0.0.1:5432/tunewatch")
     assert "hunter2" not in shown and "127.0.0.1:5432" in shown
 
 

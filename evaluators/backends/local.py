@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from evaluators.backends.base import (
     BackendOutOfMemoryError,
@@ -95,9 +95,11 @@ class LocalBackend(PromptRenderer):
         from transformers import AutoModelForCausalLM
 
         try:
-            model, loading = AutoModelForCausalLM.from_pretrained(
+            # A (model, loading info) pair; transformers annotates it as the model alone.
+            loaded = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, output_loading_info=True
             )
+            model, loading = cast("tuple[Any, dict[str, Any]]", loaded)
         except Exception as exc:  # transformers raises many types for unreadable weights
             if is_out_of_memory(exc):
                 raise EvaluationError("out_of_memory", f"{path}: model does not fit") from exc

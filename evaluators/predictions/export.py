@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +24,7 @@ def _plain(row: Row) -> Row:
     out = {k: row.get(k) for k in FIELDS}
     created = out.get("created_at")
     if isinstance(created, (int, float)):
-        out["created_at"] = datetime.fromtimestamp(created, tz=UTC).isoformat()
+        out["created_at"] = datetime.fromtimestamp(created, tz=timezone.utc).isoformat()
     return out
 
 

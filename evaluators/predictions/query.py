@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from evaluators.predictions.store import Filters, Row, Store
 from tunewatch.core.errors import UsageError
@@ -38,7 +38,7 @@ def parse_time(text: str, now: float | None = None) -> float:
         raise UsageError(f"cannot read the time {text!r}: use ISO 8601 (2026-01-31T12:00), "
                          "unix seconds or an age such as 30m, 2h, 7d") from exc
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
 

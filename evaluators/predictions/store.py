@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -226,9 +226,9 @@ class Store:
     def _to_db(self, row: Row) -> list[Any]:
         values = []
         for column in COLUMNS:
-            value = row.get(column)
+            value: Any = row.get(column)  # a Row's values are the DB driver's (Any)
             if column == "created_at" and self.dialect == "postgresql":
-                value = datetime.fromtimestamp(float(value), tz=UTC)
+                value = datetime.fromtimestamp(float(value), tz=timezone.utc)
             elif column in BOOL_COLUMNS and value is not None and self.dialect == "sqlite":
                 value = int(bool(value))
             values.append(value)
@@ -271,7 +271,7 @@ class Store:
         return list(self._run(work))
 
     def _time(self, seconds: float) -> Any:
-        return datetime.fromtimestamp(seconds, tz=UTC) if self.dialect == "postgresql" \
+        return datetime.fromtimestamp(seconds, tz=timezone.utc) if self.dialect == "postgresql" \
             else seconds
 
     def _time_values(self, filters: Filters) -> tuple[str, list[Any]]:

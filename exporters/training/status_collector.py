@@ -154,7 +154,7 @@ class StatusFileCollector:
         )
         if "eval_loss" in numbers:
             self.metrics.evaluated({"eval_loss": numbers["eval_loss"]})
-        info = {k: texts[k] for k in ("model", "dataset", "regime") if k in texts}
+        info: dict[str, str] = {k: texts[k] for k in ("model", "dataset", "regime") if k in texts}
         if "run" in texts:
             info["run"] = texts["run"]
         if info:
@@ -222,14 +222,14 @@ class StatusFileCollector:
             last_update = self._last_update
             queues = self._scan_queues()
         labels = ["run"]
-        family = CounterMetricFamily(
+        counter = CounterMetricFamily(
             "tunewatch_training_status_file_errors",
             "Status file problems: missing (once per disappearance), read_error, parse_error "
             "and not_an_object (once per file version), invalid_field (a version with "
             "ignored fields).", labels=["run", "reason"])
         for reason in ERROR_REASONS:
-            family.add_metric([run, reason], errors[reason])
-        yield family
+            counter.add_metric([run, reason], errors[reason])
+        yield counter
         family = GaugeMetricFamily("tunewatch_training_status_last_update_timestamp_seconds",
                                    "Unix time of the last status update (updated_at, else the "
                                    "file's mtime).", labels=labels)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         log.warning("checkpoint directory %s does not exist (yet); waiting for it",
                     daemon.checkpoints)
     registry = CollectorRegistry()
-    registry.register(daemon)  # type: ignore[arg-type]
+    registry.register(daemon)
     try:
         server = start_for_section(registry, ev, "tunewatch evaluator", ready=daemon.ready)
     except ServerStartError as exc:

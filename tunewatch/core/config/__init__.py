@@ -15,11 +15,12 @@ read: `TUNEWATCH_RUN` (the run label, fixed by the design), `TUNEWATCH_LOG_LEVEL
 Validation happens once at start; each error names the key (and the file and line where the
 value came from), so a typo is found before a long run, not after.
 
-The parts: sections.py (the schema), environment.py (the overrides), validate.py (types),
-checks.py (ranges), loader.py (putting them together).
+The parts: sections.py (the schema, each numeric key's range declared next to its default),
+environment.py (the overrides), validate.py (types), checks.py (the declared ranges walked,
+and the rules across keys), loader.py (putting them together).
 """
 
-from tunewatch.core.config.checks import COMPOSITE_PARTS, PREDICTION_LIMITS, remote_errors
+from tunewatch.core.config.checks import COMPOSITE_PARTS, remote_errors
 from tunewatch.core.config.environment import (
     ENV_CONFIG_PATH,
     ENV_LEVEL_SEPARATOR,
@@ -33,6 +34,8 @@ from tunewatch.core.config.loader import (
     load_config,
 )
 from tunewatch.core.config.sections import (
+    PREDICTION_LIMITS,
+    RANGE,
     Config,
     ContractConfig,
     DemoConfig,
@@ -41,6 +44,7 @@ from tunewatch.core.config.sections import (
     PredictionsConfig,
     ProcessTarget,
     QueueDir,
+    Range,
     RegressionConfig,
     RemoteConfig,
     StackConfig,
@@ -49,9 +53,30 @@ from tunewatch.core.config.sections import (
 from tunewatch.core.errors import ConfigError
 
 __all__ = [
-    "COMPOSITE_PARTS", "DEFAULT_CONFIG_NAME", "ENV_CONFIG_PATH", "ENV_LEVEL_SEPARATOR",
-    "ENV_PREFIX", "ENV_SINGLE_NAMES", "PREDICTION_LIMITS", "Config", "ConfigError",
-    "ContractConfig", "DemoConfig", "EvaluatorConfig", "ExporterConfig", "PredictionsConfig",
-    "ProcessTarget", "QueueDir", "RegressionConfig", "RemoteConfig", "StackConfig",
-    "TrainingConfig", "as_dict", "find_config_path", "load_config", "remote_errors",
+    "COMPOSITE_PARTS",
+    "DEFAULT_CONFIG_NAME",
+    "ENV_CONFIG_PATH",
+    "ENV_LEVEL_SEPARATOR",
+    "ENV_PREFIX",
+    "ENV_SINGLE_NAMES",
+    "PREDICTION_LIMITS",
+    "RANGE",
+    "Config",
+    "ConfigError",
+    "ContractConfig",
+    "DemoConfig",
+    "EvaluatorConfig",
+    "ExporterConfig",
+    "PredictionsConfig",
+    "ProcessTarget",
+    "QueueDir",
+    "Range",
+    "RegressionConfig",
+    "RemoteConfig",
+    "StackConfig",
+    "TrainingConfig",
+    "as_dict",
+    "find_config_path",
+    "load_config",
+    "remote_errors",
 ]

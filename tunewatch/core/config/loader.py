@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tunewatch.core.config.checks import positive_checks
+from tunewatch.core.config.checks import config_errors
 from tunewatch.core.config.environment import ENV_CONFIG_PATH, env_overrides
 from tunewatch.core.config.sections import Config
 from tunewatch.core.config.validate import Validator, describe
@@ -109,9 +109,8 @@ def load_config(
     for key in _flatten_keys(env.tree):
         validator.lines.pop(key, None)
     cfg = validator.build(Config, merged, "")
-    for key, ok, message in positive_checks(cfg) if not validator.errors else []:
-        if not ok:
-            validator.error(key, message)
+    for key, message in config_errors(cfg) if not validator.errors else []:
+        validator.error(key, message)
     if validator.errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(validator.errors))
     cfg.source = source

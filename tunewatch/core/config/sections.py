@@ -2,13 +2,117 @@
 
 Why dataclasses with defaults: every key has a documented default, so an absent file is a
 valid configuration, and the loader (loader.py) can check each value against its type
-annotation. Range rules that types cannot express live in checks.py.
+annotation. Why each numeric key declares its range here, next to its default (`at_least`,
+`positive`, `in_range`, `interval`): a key added without one is seen at once (a test walks
+the schema), and one generic check (checks.py) applies them all, each key once. Rules that
+span keys (poll_max_seconds against poll_initial_seconds, ...) live in checks.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
+
+# The metadata key under which a numeric field declares its Range.
+RANGE = "range"
+# Limits that keep recording predictions cheap (issue 9: under 2% of an evaluation).
+PREDICTION_LIMITS = {"sample_size": 1000, "max_failed": 5000, "max_text_chars": 100_000}
+MAX_PORT = 65535
+# numpy's seed (Trainer's set_seed seeds it) takes 32 bits.
+MAX_SEED = 2**32 - 1
+MAX_GZIP_LEVEL = 9
+
+Number = TypeVar("Number", int, float)
+
+
+def _number(value: float) -> str:
+    """`1` rather than `1.0` in a message, `0.05` as written."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: low to high, either end open (excluded) or absent.
+
+    pacing: the key paces a loop or a retry, so 0 would spin (always refused). note: what
+    an edge value means ("0: off") or why the range is what it is, shown in the error.
+    integer: the key is an int (the message says "at least 1" rather than ">= 1").
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    pacing: bool = False
+    integer: bool = False
+    note: str = ""
+
+    def contains(self, value: float) -> bool:
+        """Within the range and finite (NaN passes every comparison, so it is refused)."""
+        if value != value or value in (float("inf"), float("-inf")):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open
+                                     else value <= self.high)
+
+    def message(self) -> str:
+        """The rule in words, as the error message states it."""
+        text = self._bounds()
+        return f"{text} ({self.note})" if self.note else text
+
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"must be in {'(' if self.low_open else '['}{_number(self.low)}, "
+                    f"{_number(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            if self.low_open:
+                return f"must be above {_number(self.low)}"
+            return (f"must be at least {_number(self.low)}" if self.integer
+                    else f"must be >= {_number(self.low)}")
+        if self.high is not None:
+            return (f"must be below {_number(self.high)}" if self.high_open
+                    else f"must be at most {_number(self.high)}")
+        return "must be a finite number"
+
+
+def _ranged(default: Number, declared: Range) -> Number:
+    return field(default=default, metadata={RANGE: declared})
+
+
+def at_least(default: Number, low: float, note: str = "") -> Number:
+    """A key of `low` or more."""
+    return _ranged(default, Range(low=low, integer=isinstance(default, int), note=note))
+
+
+def positive(default: Number, note: str = "") -> Number:
+    """A key above 0 (a timeout, a size, ...), 0 itself refused."""
+    return _ranged(default, Range(low=0, low_open=True, integer=isinstance(default, int),
+                                  note=note))
+
+
+def in_range(default: Number, low: float, high: float, note: str = "", *,
+             open_ends: bool = False) -> Number:
+    """A key from `low` to `high`, both ends included (or both excluded: `open_ends`)."""
+    return _ranged(default, Range(low=low, high=high, low_open=open_ends, high_open=open_ends,
+                                  integer=isinstance(default, int), note=note))
+
+
+def interval(default: Number, paces: str) -> Number:
+    """A key that paces a loop or a retry: above 0, since 0 would spin."""
+    return _ranged(default, Range(low=0, low_open=True, pacing=True,
+                                  integer=isinstance(default, int),
+                                  note=f"it paces {paces}; 0 would spin"))
+
+
+def port_number(default: int) -> int:
+    """A TCP port (the stack checks each one by connecting to it, so 0 is refused)."""
+    return in_range(default, 1, MAX_PORT)
+
+
+def seed_value(default: int) -> int:
+    """A random seed, within what every seeded library takes."""
+    return in_range(default, 0, MAX_SEED)
 
 
 @dataclass
@@ -35,20 +139,21 @@ class ExporterConfig:
 
     listen_address: str = "127.0.0.1:9945"
     web_config_file: str = ""
-    max_concurrent_scrapes: int = 8
-    scrape_wait_seconds: float = 1.0
+    max_concurrent_scrapes: int = at_least(8, 1)
+    scrape_wait_seconds: float = at_least(
+        1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
     openmetrics: bool = False
-    gzip_level: int = 1
-    collector_timeout_seconds: float = 5.0
+    gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
+    collector_timeout_seconds: float = positive(5.0)
     collectors: dict[str, bool] = field(
         default_factory=lambda: {"gpu": True, "process": True, "files": True}
     )
     processes: list[ProcessTarget] = field(default_factory=list)
-    process_max_matches: int = 32
+    process_max_matches: int = at_least(32, 1)
     checkpoint_dirs: list[str] = field(default_factory=list)
     queue_dirs: list[QueueDir] = field(default_factory=list)
-    gpu_max_processes: int = 16
-    gpu_sample_interval_seconds: float = 1.0
+    gpu_max_processes: int = at_least(16, 0, "0: processes counted, none listed")
+    gpu_sample_interval_seconds: float = interval(1.0, "the GPU memory sampler")
     gpu_readings_file: str = ""
 
 
@@ -58,19 +163,20 @@ class TrainingConfig:
 
     listen_address: str = "127.0.0.1:9946"
     web_config_file: str = ""
-    max_concurrent_scrapes: int = 8
-    scrape_wait_seconds: float = 1.0
+    max_concurrent_scrapes: int = at_least(8, 1)
+    scrape_wait_seconds: float = at_least(
+        1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
     openmetrics: bool = False
-    gzip_level: int = 1
+    gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
     status_file: str = "status/training_status.json"
     queue_dirs: list[QueueDir] = field(default_factory=list)
-    stale_after_seconds: float = 300.0
-    crash_grace_seconds: float = 30.0
+    stale_after_seconds: float = positive(300.0)
+    crash_grace_seconds: float = at_least(30.0, 0, "0: exit at once")
     # The callback never stops a run: a port it cannot bind is retried this often meanwhile.
-    bind_retry_seconds: float = 10.0
+    bind_retry_seconds: float = interval(10.0, "the retries of a port not bound")
     # Distinct names of the `metric` label (logged values; evaluation values); the rest are
     # counted as dropped.
-    max_logged_metrics: int = 64
+    max_logged_metrics: int = at_least(64, 0, "0: every name counted as dropped")
 
 
 @dataclass
@@ -90,10 +196,10 @@ class ContractConfig:
 class RegressionConfig:
     """When a drop counts as a regression (DESIGN section 9)."""
 
-    min_drop_overall: float = 0.05
-    min_drop_per_difficulty: float = 0.10
-    max_p_value: float = 0.05
-    loss_rise_ratio: float = 0.15
+    min_drop_overall: float = in_range(0.05, 0, 1, "a share of the examples")
+    min_drop_per_difficulty: float = in_range(0.10, 0, 1, "a share of the examples")
+    max_p_value: float = in_range(0.05, 0, 1, open_ends=True)
+    loss_rise_ratio: float = at_least(0.15, 0)
 
 
 @dataclass
@@ -122,13 +228,13 @@ class RemoteConfig:
     deploy_best: bool = False
     deploy_history: str = ""
     logprobs: bool = True
-    request_timeout_seconds: float = 10.0
-    request_retries: int = 3
-    retry_backoff_seconds: float = 0.5
-    job_timeout_seconds: float = 120.0
-    poll_initial_seconds: float = 0.05
-    poll_max_seconds: float = 2.0
-    max_parallel_jobs: int = 8
+    request_timeout_seconds: float = positive(10.0)
+    request_retries: int = at_least(3, 1, "tries in all")
+    retry_backoff_seconds: float = interval(0.5, "the retries of a failed request")
+    job_timeout_seconds: float = positive(120.0)
+    poll_initial_seconds: float = interval(0.05, "job polling")
+    poll_max_seconds: float = interval(2.0, "job polling")
+    max_parallel_jobs: int = at_least(8, 1)
 
     def model_id_for(self, run: str, checkpoint: str, step: int | None) -> str:
         """A checkpoint's id on the server: `model_id` formatted with the run, the
@@ -171,18 +277,19 @@ class EvaluatorConfig:
 
     listen_address: str = "127.0.0.1:9947"
     web_config_file: str = ""
-    max_concurrent_scrapes: int = 8
-    scrape_wait_seconds: float = 1.0
+    max_concurrent_scrapes: int = at_least(8, 1)
+    scrape_wait_seconds: float = at_least(
+        1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
     openmetrics: bool = False
-    gzip_level: int = 1
+    gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
     checkpoints: str = "var/demo/checkpoints"
     data: str = "var/demo/data"
     files: list[str] = field(default_factory=list)
     state_dir: str = "var/evaluator"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = 32
-    max_new_tokens: int = 64
+    batch_size: int = at_least(32, 1)
+    max_new_tokens: int = at_least(64, 1)
     stop_strings: list[str] = field(default_factory=list)
     think: Literal["strip", "keep"] = "strip"
     normalize_regexes: list[str] = field(default_factory=list)
@@ -192,7 +299,7 @@ class EvaluatorConfig:
         default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0]
     )
     length_buckets: list[int] = field(default_factory=lambda: [0, 50, 100, 200])
-    confidence_level: float = 0.95
+    confidence_level: float = in_range(0.95, 0.5, 1, open_ends=True)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     composite_weights: dict[str, float] = field(
         default_factory=lambda: {
@@ -202,13 +309,14 @@ class EvaluatorConfig:
             "contract": 0.1,
         }
     )
-    last_k: int = 5
-    settle_seconds: float = 2.0
-    rescan_seconds: float = 30.0
-    retry_attempts: int = 3
-    retry_backoff_seconds: float = 30.0
-    retry_max_backoff_seconds: float = 1800.0
-    curriculum_min_share: float = 0.1
+    last_k: int = at_least(5, 1)
+    settle_seconds: float = at_least(2.0, 0, "0: complete as soon as seen")
+    rescan_seconds: float = interval(30.0, "the rescans of the checkpoint directory")
+    retry_attempts: int = at_least(3, 1, "tries in all")
+    retry_backoff_seconds: float = interval(30.0, "the retries of a failed evaluation")
+    retry_max_backoff_seconds: float = interval(
+        1800.0, "the unlimited retries of inference server failures")
+    curriculum_min_share: float = in_range(0.1, 0, 1)
     backend: Literal["local", "remote"] = "local"
     remote: RemoteConfig = field(default_factory=RemoteConfig)
 
@@ -228,18 +336,18 @@ class PredictionsConfig:
     """
 
     enabled: bool = True
-    sample_size: int = 20
-    seed: int = 0
+    sample_size: int = in_range(20, 1, PREDICTION_LIMITS["sample_size"])
+    seed: int = seed_value(0)
     record_failed: bool = False
-    max_failed: int = 200
+    max_failed: int = in_range(200, 1, PREDICTION_LIMITS["max_failed"])
     frequency: Literal["checkpoint", "steps", "epoch"] = "checkpoint"
-    every_n_steps: int = 100
+    every_n_steps: int = at_least(100, 1)
     store_url: str = ""
     spool_dir: str = ""
-    retention_days: float = 30.0
+    retention_days: float = positive(30.0)
     export_dir: str = ""
-    max_text_chars: int = 4000
-    connect_timeout_seconds: float = 5.0
+    max_text_chars: int = in_range(4000, 1, PREDICTION_LIMITS["max_text_chars"])
+    connect_timeout_seconds: float = positive(5.0)
 
 
 @dataclass
@@ -249,16 +357,16 @@ class StackConfig:
     data_dir: str = "var"
     prometheus_config: str = "prometheus/prometheus.yml"
     alertmanager_config: str = "alertmanager/alertmanager.yml"
-    prometheus_port: int = 9090
-    alertmanager_port: int = 9093
-    node_exporter_port: int = 9100
-    webhook_port: int = 9948
-    scrape_interval_seconds: int = 5
+    prometheus_port: int = port_number(9090)
+    alertmanager_port: int = port_number(9093)
+    node_exporter_port: int = port_number(9100)
+    webhook_port: int = port_number(9948)
+    scrape_interval_seconds: int = interval(5, "Prometheus' scrapes")
     prometheus_bin: str = "prometheus"
     alertmanager_bin: str = "prometheus-alertmanager"
     node_exporter_bin: str = "prometheus-node-exporter"
-    ready_timeout_seconds: float = 60.0
-    status_interval_seconds: float = 2.0
+    ready_timeout_seconds: float = positive(60.0)
+    status_interval_seconds: float = interval(2.0, "the status display")
 
 
 @dataclass
@@ -266,14 +374,15 @@ class DemoConfig:
     """The built-in demo workload: a tiny real model trained on CPU."""
 
     enabled: bool = True
-    max_steps: int = 600
-    save_steps: int = 50
-    seed: int = 0
-    step_delay_seconds: float = 0.1
+    max_steps: int = at_least(600, 1)
+    save_steps: int = at_least(50, 1)
+    seed: int = seed_value(0)
+    step_delay_seconds: float = at_least(0.1, 0, "0: full speed")
     output_dir: str = "var/demo"
-    degrade_at_step: int = 300
-    degrade_noise: float = 1.0
-    degrade_pause_seconds: float = 180.0
+    degrade_at_step: int = at_least(300, 0, "0: off")
+    degrade_noise: float = positive(
+        1.0, "a copy without noise would not regress; degrade_at_step: 0 turns it off")
+    degrade_pause_seconds: float = at_least(180.0, 0, "0: no pause")
 
 
 @dataclass
