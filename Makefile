@@ -7,7 +7,7 @@ TUNEWATCH := $(VENV)/bin/tunewatch
 UP_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap up test bench lint clean dashboards
+.PHONY: bootstrap up test bench lint clean dashboards lock
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -33,6 +33,14 @@ lint: bootstrap
 	@amtool check-config alertmanager/alertmanager.yml
 
 # Grafana dashboards: grafana/dashboards/*.json from grafana/dashboards_src/ (commit both).
+# Re-pin constraints.txt: the newest versions pyproject.toml's ranges allow, torch kept.
+lock: bootstrap
+	@$(PY) -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' \
+		>$(VENV)/torch-constraint.txt
+	@$(PY) -m pip install -q -U --upgrade-strategy eager -c $(VENV)/torch-constraint.txt \
+		-e ".[dev]"
+	@$(PY) scripts/lock.py
+
 dashboards: bootstrap
 	@PYTHONPATH=grafana $(PY) -m dashboards_src
 

@@ -75,7 +75,7 @@ install_torch() {
 install_project() {
     local stamp="$VENV/.tunewatch-installed" want have="" torch_now constraints
     torch_now="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)"
-    want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) torch=$torch_now"
+    want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) torch=$torch_now"
     [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import tunewatch, transformers' 2>/dev/null; then
         return 0
@@ -83,7 +83,8 @@ install_project() {
     say "installing tunewatch and its Python dependencies into $VENV"
     constraints="$(mktemp)"
     echo "torch==$torch_now" >"$constraints"
-    "$VENV/bin/python" -m pip install -q -c "$constraints" -e ".[dev]"
+    # constraints.txt (make lock) pins every dependency but torch, which stays as found.
+    "$VENV/bin/python" -m pip install -q -c "$constraints" -c constraints.txt -e ".[dev]"
     rm -f "$constraints"
     echo "$want" >"$stamp"
 }
