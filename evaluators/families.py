@@ -126,6 +126,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge", (), "When the last successful evaluation finished (unix seconds)."),
     "tunewatch_eval_evaluations": (
         "counter", (), "Checkpoints evaluated successfully by this process."),
+    "tunewatch_eval_examples_evaluated": (
+        "counter", (), "Examples scored by successful evaluations of this process."),
     "tunewatch_eval_failures": (
         "counter", ("reason",), "Failed evaluation attempts by reason."),
     "tunewatch_eval_scans": (

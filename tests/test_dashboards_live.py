@@ -238,11 +238,16 @@ def wait_for_panels(prom: Prometheus, dash: dict[str, Any], timeout: float,
 
 
 def readings_fixture(path: Path, uuid: str, xid: int) -> Path:
-    """The recorded H100 readings with this host's GPU uuid and one XID event."""
+    """The recorded H100 readings with this host's GPU uuid, one XID event, and the
+    recording's run process (gpu_burn) working for RUN (the efficiency rules find a run's
+    GPUs through it)."""
     data = json.loads(GPU_FIXTURE.read_text())
     for snapshot in data["snapshots"]:
         for gpu in snapshot["gpus"]:
             gpu["uuid"] = uuid
+            for process in gpu.get("processes") or []:
+                if process["run"]:
+                    process["run"] = RUN
     data["xid_batches"] = [[{"gpu": 0, "uuid": uuid, "xid": xid}]]
     path.write_text(json.dumps(data))
     return path
@@ -321,6 +326,7 @@ class StatusWriter:
             "tokens_seen": step * 2048, "samples_seen": step * 8, "run": RUN,
             "model": "tiny-qwen3", "dataset": "dash-data", "current_file": "batch_07.jsonl",
             "batch": step % 50, "batches_total": 50, "updated_at": time.time(),
+            "model_parameters": 494032768, "model_trainable_parameters": 8798208,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
@@ -381,7 +387,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
     root = tmp_path_factory.mktemp("dashboards")
     prom = Prometheus(root / "prometheus", scrape_interval=f"{int(SCRAPE_SECONDS)}s")
     prom.rule_files = [str(REPO / "prometheus" / "rules" / name)
-                       for name in ("training.rules.yml", "dcgm.rules.yml")]
+                       for name in ("training.rules.yml", "dcgm.rules.yml",
+                                    "efficiency.rules.yml")]
     prom.start()
     started: list[Any] = [prom]
     stack = Stack(prom, started)

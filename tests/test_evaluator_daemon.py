@@ -162,6 +162,10 @@ def test_daemon_series(tiny_run, prometheus, tmp_path):
         mix = prometheus.value('sum(tunewatch_eval_curriculum_mix_ratio{job="evaluator"})')
         assert mix == pytest.approx(1.0)
         assert prometheus.value('tunewatch_eval_lag_steps{job="evaluator"}') == 0
+        # Examples evaluated: each successful evaluation adds the examples it scored.
+        scored = sum(state["checkpoints"][s]["examples"] for s in ("100", "200", "300"))
+        assert scored == sum(len(outcomes[s]) for s in ("100", "200", "300"))
+        assert ev.sample("tunewatch_eval_examples_evaluated_total") == scored
         assert prometheus.value(
             'tunewatch_eval_run_info{job="evaluator",run="test-run"}') == 1
         assert prometheus.value('time() - tunewatch_eval_last_success_timestamp_seconds'
@@ -193,6 +197,7 @@ def test_daemon_series(tiny_run, prometheus, tmp_path):
         assert again.sample("tunewatch_eval_exact_match_ratio",
                             'difficulty="all"') == pytest.approx(ems[2])
         assert again.sample("tunewatch_eval_evaluations_total") == 0
+        assert again.sample("tunewatch_eval_examples_evaluated_total") == 0
         assert "evaluating" not in again.log_text()
         # The broken checkpoint, fixed on disk, is tried afresh and evaluated.
         copy_checkpoint(c200, broken, ["model.safetensors"])
@@ -200,6 +205,8 @@ def test_daemon_series(tiny_run, prometheus, tmp_path):
                  "the repaired checkpoint's evaluation")
         assert again.sample("tunewatch_eval_checkpoint_step") == 300  # an older step
         assert again.log_text().count("evaluating checkpoint-") == 1
+        repaired = json.loads((state_dir / "state.json").read_text())["checkpoints"]["150"]
+        assert again.sample("tunewatch_eval_examples_evaluated_total") == repaired["examples"]
     finally:
         again.stop()
         prometheus.remove_target("evaluator")

@@ -6,6 +6,7 @@ and XID batches; the hung reader below is a stand-in for an NVML call that never
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -17,14 +18,19 @@ from prometheus_client.metrics_core import Metric
 
 from exporters.collectors.gpu.collector import GpuCollector, create_collector
 from exporters.collectors.gpu.nvml import NvmlReader
+from exporters.collectors.gpu.peak_flops import BF16_DENSE_PEAK_FLOPS, PeakFlopsTable
 from exporters.collectors.gpu.readings import GpuSnapshot, XidEvent
-from exporters.collectors.gpu.recorded import RecordedReader
+from exporters.collectors.gpu.recorded import RecordedReader, recording_from_dict
 from exporters.collectors.gpu.trackers import PeakTracker, XidTracker
 from tunewatch.core.config import ExporterConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 RTX4090 = {"gpu": "0", "uuid": "GPU-4090a1b2-c3d4-e5f6-0718-293a4b5c6d7e"}
 RTX3090 = {"gpu": "1", "uuid": "GPU-3090f9e8-d7c6-b5a4-9382-716051423324"}
+H100 = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000"}
+H100_BOARD = "NVIDIA H100 80GB HBM3"
+PEAK = "tunewatch_gpu_peak_flops"
+UNKNOWN_BOARDS = "tunewatch_gpu_peak_flops_unknown_boards"
 
 
 def scrape(collector: GpuCollector) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -227,3 +233,72 @@ def test_factory_uses_nvml_by_default():
             assert got[key("tunewatch_gpu_nvml_up")] == 1.0
     finally:
         collector.close()
+
+
+# --------------------------------------------------------------------------- peak FLOPS
+
+
+def renamed(fixture: str, board: str) -> RecordedReader:
+    """The fixture's readings with every GPU's board name replaced by `board`."""
+    data = json.loads((FIXTURES / fixture).read_text())
+    for snap in data["snapshots"]:
+        for gpu in snap.get("gpus", []):
+            gpu["name"] = board
+    return RecordedReader(recording_from_dict(data, fixture))
+
+
+def test_known_boards_publish_their_table_peak(make):
+    got = scrape(make(recorded("consumer-4090-3090.json")))
+    assert got[key(PEAK, precision="bf16", **RTX4090)] == BF16_DENSE_PEAK_FLOPS[
+        "NVIDIA GeForce RTX 4090"]
+    assert got[key(PEAK, precision="bf16", **RTX3090)] == BF16_DENSE_PEAK_FLOPS[
+        "NVIDIA GeForce RTX 3090"]
+    assert got[key(UNKNOWN_BOARDS)] == 0
+
+
+def test_unknown_board_is_absent_counted_and_warned_once(make, caplog: pytest.LogCaptureFixture):
+    board = "NVIDIA Imaginary X1"
+    collector = make(renamed("consumer-4090-3090.json", board))
+    with caplog.at_level(logging.WARNING, logger="exporters.collectors.gpu"):
+        scrapes = [scrape(collector) for _ in range(4)]  # both, one lost, none, both
+    assert [s.get(key(UNKNOWN_BOARDS)) for s in scrapes] == [2, 1, None, 2]
+    assert not any(k[0] == PEAK for s in scrapes for k in s)
+    warned = [r.getMessage() for r in caplog.records if "peak FLOPS" in r.getMessage()]
+    assert len(warned) == 1 and repr(board) in warned[0]
+
+
+def test_each_unknown_board_name_is_warned_once(make, caplog: pytest.LogCaptureFixture):
+    data = json.loads((FIXTURES / "consumer-4090-3090.json").read_text())
+    names = iter(["Board A", "Board B"] * len(data["snapshots"]))
+    for snap in data["snapshots"]:
+        for gpu in snap.get("gpus", []):
+            gpu["name"] = next(names)
+    collector = make(RecordedReader(recording_from_dict(data, "renamed")))
+    with caplog.at_level(logging.WARNING, logger="exporters.collectors.gpu"):
+        for _ in range(4):
+            scrape(collector)
+    warned = sorted(r.getMessage().split("'")[1] for r in caplog.records
+                    if "peak FLOPS" in r.getMessage())
+    assert warned == ["Board A", "Board B"]
+
+
+def test_the_configured_peak_wins_over_the_table():
+    override = BF16_DENSE_PEAK_FLOPS[H100_BOARD] * 0.75
+    cfg = ExporterConfig(gpu_readings_file=str(FIXTURES / "h100-load.json"),
+                         gpu_peak_flops={H100_BOARD: override})
+    collector = create_collector(cfg)
+    try:
+        got = scrape(collector)
+    finally:
+        collector.close()
+    assert got[key(PEAK, precision="bf16", **H100)] == override
+    assert got[key(UNKNOWN_BOARDS)] == 0
+
+
+def test_the_configuration_names_a_board_the_table_lacks(make):
+    board = "NVIDIA Imaginary X1"
+    collector = make(renamed("h100-load.json", board),
+                     peak_flops=PeakFlopsTable({board: 2.5e14}))
+    got = scrape(collector)
+    assert got[key(PEAK, precision="bf16", **H100)] == 2.5e14
+    assert got[key(UNKNOWN_BOARDS)] == 0

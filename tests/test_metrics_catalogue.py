@@ -185,7 +185,7 @@ def evaluator_text(tmp_path_factory: pytest.TempPathFactory, tiny_run) -> Iterat
     daemon = Tunewatch("evaluator", root).start(
         ["evaluate", "--checkpoints", str(ckpts), "--data", str(tiny_run.data_dir),
          "--state-dir", str(root / "state"), "--limit", "30"],
-        env={"TUNEWATCH_EVALUATOR__RETRY_BACKOFF_SECONDS": "0"})
+        env={"TUNEWATCH_EVALUATOR__RETRY_BACKOFF_SECONDS": "0.05"})
 
     def done() -> bool:
         text = daemon.metrics()

@@ -148,6 +148,7 @@ def test_tokens_absent_unless_the_trainer_counts_them(tmp_path: Path):
     assert got[("tunewatch_training_eval_loss", run)] == 1.5
     assert got[("tunewatch_training_eval_metric", (("metric", "accuracy"), ("run", "t")))] == 0.75
     assert not any(name.startswith("tunewatch_training_tokens") for name, _ in got)
+    assert "tunewatch_training_model_parameters{" not in text  # no model given: absent
     assert "runtime" not in text
     assert promtool_check_metrics(text) == ""
 
@@ -177,9 +178,18 @@ def test_hand_written_loop_with_the_api():
                            learning_rate=1e-4, tokens=tokens, samples=step * 8)
         metrics.checkpoint_saved(5)
         metrics.set_state("completed")
+        text_before_size = scrape(server.url)
+        metrics.set_model_size(1_500_000_000.0, 4_000_000)
         text = scrape(server.url)
     finally:
         server.stop()
+    assert "tunewatch_training_model_parameters{" not in text_before_size  # absent, not 0
+    assert samples(text)[("tunewatch_training_model_parameters", (("run", "loop"),))] == 1.5e9
+    assert samples(text)[("tunewatch_training_model_trainable_parameters",
+                          (("run", "loop"),))] == 4e6
+    for bad in (-1, 2.5, float("nan"), True, "7"):
+        with pytest.raises(ValueError, match="whole number"):
+            metrics.set_model_size(bad)
     got = samples(text)
     run = (("run", "loop"),)
     assert got[("tunewatch_training_step", run)] == 5
@@ -204,6 +214,75 @@ def test_taken_port_is_a_clear_error():
             PrometheusCallback(listen_address=f"127.0.0.1:{first.port}").start_server()
     finally:
         first.stop()
+
+
+# --------------------------------------------------------------------------- model size
+
+
+def test_model_size_of_the_trainers_model(tiny_parts, tmp_path: Path):
+    """The real Trainer passes its model to on_train_begin: the gauges are its parameter
+    counts (tied embeddings once), and a frozen layer leaves the trainable count."""
+    spec, pairs, tokenizer = tiny_parts
+    model = tinymodel.build_model(spec, tokenizer, 0)
+    for parameter in model.model.layers[0].parameters():
+        parameter.requires_grad_(False)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (total, trainable) == (model.num_parameters(),
+                                  model.num_parameters(only_trainable=True))
+    callback = PrometheusCallback(listen_address="127.0.0.1:0", run="size",
+                                  crash_grace_seconds=0)
+    try:
+        trainer = tinymodel.train(model, tokenizer, pairs, tmp_path / "ckpt", max_steps=2,
+                                  save_steps=2, seed=0, spec=spec, callbacks=[callback])
+        text = scrape(callback.server.url)
+    finally:
+        callback.stop()
+    assert trainer.state.global_step == 2
+    got = samples(text)
+    run = (("run", "size"),)
+    assert got[("tunewatch_training_model_parameters", run)] == total
+    assert got[("tunewatch_training_model_trainable_parameters", run)] == trainable
+    assert 0 < trainable < total
+    assert not any(v for (name, _), v in got.items()
+                   if name == "tunewatch_training_callback_errors_total")
+    assert promtool_check_metrics(text) == ""
+
+
+class Unreadable:
+    """A model whose parameters cannot be listed (what a wrapper we do not know might be)."""
+
+    def parameters(self) -> Any:
+        raise RuntimeError("parameters are on another host")
+
+
+def test_unreadable_model_costs_only_the_size(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture):
+    """A model that cannot be counted is logged once and counted under on_train_begin; the
+    rest of on_train_begin (state, server) still happens. A model without parameters
+    publishes no size either: never a 0 the MFU rule would read as the model's size."""
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    state = TrainerState(max_steps=10)
+    callback = PrometheusCallback(listen_address="127.0.0.1:0", run="u", crash_grace_seconds=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunewatch.training"):
+            for _ in range(2):
+                callback.on_train_begin(args, state, TrainerControl(), model=Unreadable())
+            callback.on_train_begin(args, state, TrainerControl(), model=torch.nn.Module())
+        text = scrape(callback.server.url)
+    finally:
+        callback.stop()
+    got = samples(text)
+    assert got[("tunewatch_training_callback_errors_total",
+                (("reason", "on_train_begin"), ("run", "u")))] == 2
+    assert len(log_lines(caplog, "PrometheusCallback.on_train_begin failed")) == 1
+    assert len(log_lines(caplog, "no parameters")) == 1
+    assert got[("tunewatch_training_state", (("run", "u"), ("state", "training")))] == 1
+    assert "tunewatch_training_model_parameters{" not in text
+    assert "tunewatch_training_model_trainable_parameters{" not in text
 
 
 # --------------------------------------------------------------------------- never harm training

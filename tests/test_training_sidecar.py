@@ -155,6 +155,43 @@ def test_wrong_field_types_are_ignored_and_counted(tmp_path: Path, clock: Clock)
     assert ("tunewatch_training_step", ()) not in v
 
 
+def test_model_size_fields(tmp_path: Path, clock: Clock):
+    """The optional parameter counts become the model size gauges; 1.5e9 is a whole number."""
+    path = tmp_path / "training_status.json"
+    write(path, json.dumps(GOOD))
+    collector = StatusFileCollector(path, clock=clock)
+    text, v = scrape(collector)
+    assert "tunewatch_training_model_parameters{" not in text  # not given: absent, not 0
+    write(path, json.dumps({**GOOD, "model_parameters": 1.5e9,
+                            "model_trainable_parameters": 8_798_208}))
+    text, v = scrape(collector)
+    assert v[("tunewatch_training_model_parameters", ())] == 1.5e9
+    assert v[("tunewatch_training_model_trainable_parameters", ())] == 8_798_208
+    assert err(v, "invalid_field") == 0
+    assert promtool_check_metrics(text) == ""
+
+
+@pytest.mark.parametrize("bad", ["-1", "2.5", '"494M"', "true", "1" + "0" * 400, "[1]"])
+def test_bad_model_size_is_a_problem(tmp_path: Path, clock: Clock, bad: str):
+    """A count that is not a whole number >= 0 is ignored and counted as invalid_field (once
+    per file version); the other fields of that version still apply, the last good count
+    stays."""
+    path = tmp_path / "training_status.json"
+    write(path, json.dumps({**GOOD, "model_parameters": 1000}))
+    collector = StatusFileCollector(path, clock=clock)
+    scrape(collector)
+    good = json.dumps({**GOOD, "current_step": 121})
+    write(path, good[:-1] + f', "model_parameters": {bad}, "model_trainable_parameters": {bad}}}')
+    for _ in range(2):
+        text, v = scrape(collector)
+    assert err(v, "invalid_field") == 1
+    assert v[("tunewatch_training_step", ())] == 121
+    assert v[("tunewatch_training_model_parameters", ())] == 1000
+    assert "tunewatch_training_model_trainable_parameters{" not in text
+    assert {p.split()[0] for p in parse_status(path.read_text()).problems} == {
+        "model_parameters", "model_trainable_parameters"}
+
+
 def test_stale_and_replaced_files(tmp_path: Path, clock: Clock):
     path = tmp_path / "training_status.json"
     write(path, json.dumps({**GOOD, "updated_at": T0}))

@@ -166,15 +166,17 @@ class LoopCounts:
     failures: Mapping[str, int]
     scans: Mapping[str, int]
     evaluations: int
+    examples_evaluated: int
     backlog: int
     newest_step: int | None
     last_evaluated_step: int | None
 
 
 def loop_samples(out: Samples, counts: LoopCounts) -> None:
-    """Failures and scans by reason, evaluations, backlog, newest step and lag, the run."""
+    """Failures and scans by reason, evaluations and examples, backlog, newest step, lag, run."""
     add_each(out, "tunewatch_eval_failures", "reason", counts.failures)
     add(out, "tunewatch_eval_evaluations", {}, counts.evaluations)
+    add(out, "tunewatch_eval_examples_evaluated", {}, counts.examples_evaluated)
     add_each(out, "tunewatch_eval_scans", "reason", counts.scans)
     add(out, "tunewatch_eval_backlog_checkpoints", {}, counts.backlog)
     add(out, "tunewatch_eval_run", {"run": counts.run}, 1.0)

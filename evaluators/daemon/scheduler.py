@@ -98,6 +98,7 @@ class Daemon:
         self.scans = dict.fromkeys(SCAN_REASONS, 0)
         self._planned = "startup"  # what starts the next scan unless an event comes first
         self.evaluations = 0
+        self.examples_evaluated = 0  # the divisor of the eval host's energy per example
         self.backlog = 0
         self.newest_step: int | None = None
         self.published = families.from_jsonable(self.state.published)
@@ -290,6 +291,7 @@ class Daemon:
         self._save()
         with self._lock:
             self.evaluations += 1
+            self.examples_evaluated += overall.examples
             if publish:
                 self.published = samples
         self._refresh_derived()
@@ -327,7 +329,8 @@ class Daemon:
             succeeded = self.state.succeeded()
             figures.loop_samples(live, figures.LoopCounts(
                 run=self.run_name, failures=self.failures, scans=self.scans,
-                evaluations=self.evaluations, backlog=self.backlog,
+                evaluations=self.evaluations, examples_evaluated=self.examples_evaluated,
+                backlog=self.backlog,
                 newest_step=self.newest_step,
                 last_evaluated_step=succeeded[-1] if succeeded else None))
             figures.remote_samples(

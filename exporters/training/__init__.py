@@ -1,7 +1,8 @@
 """Training metrics (DESIGN section 9, port 9946) from any trainer.
 
 - `PrometheusCallback`: a transformers TrainerCallback serving /metrics from the trainer.
-- `TrainingMetrics`: the same metrics for a hand-written loop (`update(step=..., loss=...)`).
+- `TrainingMetrics`: the same metrics for a hand-written loop (`update(step=..., loss=...)`;
+  `set_model_size(*count_parameters(model))` for the model size the MFU rule needs).
 - `StatusFileCollector` (exporters.training.status_collector, run by `tunewatch
   training-sidecar`): the same from a trainer's status file.
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporters.training.metrics import STATES, TrainingMetrics
+from exporters.training.metrics import STATES, TrainingMetrics, count_parameters
 
-__all__ = ["STATES", "PrometheusCallback", "TrainingMetrics", "serve"]
+__all__ = ["STATES", "PrometheusCallback", "TrainingMetrics", "count_parameters", "serve"]
 
 
 def __getattr__(name: str) -> Any:

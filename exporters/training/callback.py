@@ -41,6 +41,7 @@ from exporters.server import MetricsServer, ServerOptions, ServerStartError, par
 from exporters.training.metrics import (
     DEFAULT_MAX_LOGGED_METRICS,
     TrainingMetrics,
+    count_parameters,
     counter_family,
 )
 from exporters.webconfig import WebConfigError
@@ -324,8 +325,31 @@ class PrometheusCallback(TrainerCallback):
                                   * int(getattr(args, "world_size", 1) or 1))
         self.metrics.update(max_steps=state.max_steps or None, step=state.global_step,
                             epoch=state.epoch)
+        self._publish_model_size(kwargs.get("model"))
         self.metrics.set_state("training")
         self.serve_in_background()
+
+    def _publish_model_size(self, model: Any) -> None:
+        """The parameter counts of the model the Trainer passes, once per train().
+
+        Why its own guard: a model whose parameters cannot be read must cost only the two
+        gauges, not the state and the server set up after it; the failure is logged once and
+        counted under on_train_begin like any hook error. A model with no parameters in this
+        process (one we cannot see through) publishes nothing rather than a 0 the MFU rule
+        would take as the size.
+        """
+        if model is None:
+            return
+        try:
+            total, trainable = count_parameters(model)
+        except Exception as exc:  # monitoring must not stop training: count and go on
+            self._hook_failed("on_train_begin", exc)
+            return
+        if total == 0:
+            log.warning("the model has no parameters in this process; "
+                        "tunewatch_training_model_parameters is not published")
+            return
+        self.metrics.set_model_size(total, trainable)
 
     @_guarded
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

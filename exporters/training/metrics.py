@@ -9,6 +9,7 @@ no `_created` samples appear and a value that was never measured is absent, not 
     tunewatch_training_max_steps{run="r1"} 600
     tunewatch_training_loss{run="r1"} 1.93
     tunewatch_training_tokens_total{run="r1"} 48211
+    tunewatch_training_model_parameters{run="r1"} 4.9e+08
     tunewatch_training_logged_metric{metric="rewards/accuracy",run="r1"} 0.61
     tunewatch_training_state{run="r1",state="training"} 1
     tunewatch_training_run_info{dataset="",model="tiny-qwen3-demo",regime="",run="r1"} 1
@@ -60,6 +61,11 @@ GAUGES = {
     "grad_norm": ("tunewatch_training_grad_norm",
                   "Gradient norm last logged, before clipping (finite values only)."),
     "learning_rate": ("tunewatch_training_learning_rate", "Learning rate last logged."),
+    "model_parameters": ("tunewatch_training_model_parameters",
+                         "Parameters of the model being trained, all of them."),
+    "model_trainable_parameters": ("tunewatch_training_model_trainable_parameters",
+                                   "Parameters of the model being trained that the optimizer "
+                                   "updates (requires_grad)."),
 }
 
 
@@ -84,6 +90,33 @@ def _finite(value: Any) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
+def _count(name: str, value: Any) -> float:
+    """A parameter count as a float: a finite, whole, non-negative number, else ValueError."""
+    number = _finite(value)
+    if number is None or number < 0 or not number.is_integer():
+        raise ValueError(f"{name} {value!r}: expected a whole number >= 0")
+    return number
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(total, trainable) parameters of a torch module, without importing torch.
+
+    Why model.parameters(): it yields each parameter once, so tied weights (a shared
+    embedding and output layer) count once, as transformers' own count does. A parameter
+    that DeepSpeed ZeRO-3 has partitioned away holds no elements here; its `ds_numel` is the
+    full size (transformers' get_model_param_count reads it the same way). Trainable: the
+    parameters with requires_grad, what the optimizer updates (LoRA adapters, unfrozen
+    layers).
+    """
+    total = trainable = 0
+    for parameter in model.parameters():
+        size = int(getattr(parameter, "ds_numel", None) or parameter.numel())
+        total += size
+        if parameter.requires_grad:
+            trainable += size
+    return total, trainable
+
+
 def counter_family(name: str, doc: str, labels: list[str],
                    rows: list[tuple[list[str], float]]) -> CounterMetricFamily:
     """A counter family from (label values, count) rows: the shape every small counter of
@@ -102,6 +135,7 @@ class TrainingMetrics:
         metrics = TrainingMetrics(run="r1", model_name="my-model")
         registry = CollectorRegistry(); registry.register(metrics)
         metrics.set_state("training")
+        metrics.set_model_size(*count_parameters(model))
         metrics.update(step=step, max_steps=1000, loss=loss.item(), tokens=tokens_so_far)
         metrics.checkpoint_saved(step)
         metrics.set_state("completed")
@@ -224,6 +258,20 @@ class TrainingMetrics:
                 self._tokens = tokens
             if samples is not None:
                 self._samples = samples
+
+    def set_model_size(self, parameters: float | None = None,
+                       trainable_parameters: float | None = None) -> None:
+        """Record the model's parameter counts (None: unchanged); see count_parameters().
+
+        Why here and not in update(): a count is a whole number >= 0 and anything else is a
+        caller's mistake (ValueError), not a measurement to skip. Both gauges stay absent
+        until set: the MFU rule must not read an unknown size as 0.
+        """
+        counts = {key: _count(key, value) for key, value in
+                  (("model_parameters", parameters),
+                   ("model_trainable_parameters", trainable_parameters)) if value is not None}
+        with self._lock:
+            self._gauges.update(counts)
 
     def logged(self, logs: Mapping[str, Any]) -> None:
         """Record one Trainer log (on_log): every numeric key, and the named families.

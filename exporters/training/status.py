@@ -6,10 +6,13 @@ Status file: one JSON object, every field optional, unknown fields ignored:
      "eval_loss": 2.1, "learning_rate": 1e-4, "grad_norm": 0.8, "tokens_seen": 48211,
      "samples_seen": 960, "run": "r1", "model": "m", "dataset": "d", "regime": "r",
      "current_file": "batch_07.jsonl", "batch": 3, "batches_total": 12,
+     "model_parameters": 494032768, "model_trainable_parameters": 8798208,
      "updated_at": "2026-01-05T10:00:00Z"}
 
 Aliases: `status` for `state`, `current_step` for `step`, `total_steps` for `max_steps`.
-`updated_at` is unix seconds or ISO 8601 (without a zone: UTC).
+`updated_at` is unix seconds or ISO 8601 (without a zone: UTC). The parameter counts
+(`model_parameters`, `model_trainable_parameters`, extending DESIGN's list for the MFU rule)
+are whole numbers >= 0.
 
 Queue lines: a JSONL line is well formed when it is a JSON object whose `messages` is a
 non-empty list of {role, content} objects (role system, user, assistant or tool; content a
@@ -31,6 +34,7 @@ T = TypeVar("T")
 ALIASES = {"status": "state", "current_step": "step", "total_steps": "max_steps"}
 NUMBER_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "learning_rate",
                  "grad_norm", "tokens_seen", "samples_seen", "batch", "batches_total")
+COUNT_FIELDS = ("model_parameters", "model_trainable_parameters")
 TEXT_FIELDS = ("run", "model", "dataset", "regime", "current_file")
 TRAINER_STATES = ("idle", "training", "paused", "completed", "crashed")
 ROLES = ("system", "user", "assistant", "tool")
@@ -79,8 +83,23 @@ def parse_timestamp(value: Any) -> float:
 def _as_number(value: Any) -> float | None:
     """A JSON number as a float; None for anything else (booleans are not numbers)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows 1e400 digits)
+            return None
     return None
+
+
+def _as_count(value: Any) -> float | None:
+    """A JSON number that is a whole number >= 0 (1.5e9 is one), as a float; else None.
+
+    Why not any number: a parameter count of -1 or 2.5 is a writer's bug, and published it
+    would turn the MFU rule into nonsense; it is a problem like a field of the wrong type.
+    """
+    number = _as_number(value)
+    if number is None or not math.isfinite(number) or number < 0 or not number.is_integer():
+        return None
+    return number
 
 
 def _as_text(value: Any) -> str | None:
@@ -127,6 +146,7 @@ def parse_status(text: str) -> Status:
         else:
             status.problems.append(f"state {state!r}")
     status.numbers = _typed(data, NUMBER_FIELDS, _as_number, status.problems)
+    status.numbers.update(_typed(data, COUNT_FIELDS, _as_count, status.problems))
     status.texts = _typed(data, TEXT_FIELDS, _as_text, status.problems)
     if data.get("updated_at") is not None:
         try:

@@ -154,6 +154,8 @@ class StatusFileCollector:
         )
         if "eval_loss" in numbers:
             self.metrics.evaluated({"eval_loss": numbers["eval_loss"]})
+        self.metrics.set_model_size(numbers.get("model_parameters"),
+                                    numbers.get("model_trainable_parameters"))
         info: dict[str, str] = {k: texts[k] for k in ("model", "dataset", "regime") if k in texts}
         if "run" in texts:
             info["run"] = texts["run"]

@@ -147,6 +147,13 @@ def build() -> db.Dashboard:
                    "B", [dm.DynamicConfigValue(id_val="unit", value="percentunit"),
                          dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
                          dm.DynamicConfigValue(id_val="max", value=1)]), 8, 8)
+    lay.add(ts("Joules per evaluated example", "Energy of the eval host's GPUs (5m rate of "
+               "their energy counters) over the examples the evaluator scored per second; "
+               "absent between evaluations. A host that also trains counts the training's "
+               "energy too (docs/efficiency.md).", "joule",
+               [target(f"host:tunewatch_eval_energy_per_example:joules and on (host) "
+                       f"{EVAL_HOSTS}", "{{host}}")],
+               thresholds(90, 95, percentage=True), min_val=0), 12, 8)
     inference_server_row(lay)
     return d
 

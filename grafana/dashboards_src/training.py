@@ -1,4 +1,5 @@
-"""Training run dashboard: one run's summary bar, loss, throughput, ETAs and data queue.
+"""Training run dashboard: one run's summary bar, loss, throughput, ETAs, efficiency (MFU,
+joules per token) and data queue.
 
 Why recorded series: trends, rates, ETAs and baselines are recording rules
 (prometheus/rules/training.rules.yml, DESIGN section 3), so the dashboard, the alerts and
@@ -141,6 +142,35 @@ def build() -> db.Dashboard:
                [target(f"tunewatch_training_grad_norm{{{R}}}", "grad norm"),
                 target(f"tunewatch_training_learning_rate{{{R}}}", "learning rate", "B")],
                thresholds(10, 100)), 12, 8)
+
+    lay.row("Efficiency")
+    lay.add(ts("Model FLOPs utilisation", "Share of the run's GPUs' peak the model's own "
+               "FLOPs use: 6 x parameters x tokens/s over the summed dense BF16 peak of the "
+               "GPUs holding the run's memory (attention FLOPs left out, so a lower bound; "
+               "docs/efficiency.md). Absent without a token count, a parameter count or a "
+               "known board.", "percentunit",
+               [target(f"run:tunewatch_training_mfu:ratio{{{R}}}", "MFU")],
+               thresholds(0.3, 0.1, higher_is_worse=False), min_val=0), 9, 8)
+    lay.add(ts("Joules per token", "Energy the run's GPUs drew per training token: their "
+               "power (5m rate of the energy counters) over tokens per second. Lower is "
+               "better; idle GPUs of the run count too.", "joule",
+               [target(f"run:tunewatch_training_energy_per_token:joules{{{R}}}",
+                       "J/token")],
+               thresholds(90, 95, percentage=True), min_val=0), 9, 8)
+    lay.add(stat_panel("Peak of the run's GPUs", "Summed dense BF16 tensor-core peak of the "
+                       "GPUs that hold memory of the run's processes: MFU's denominator "
+                       "(tunewatch_gpu_peak_flops, from the board's datasheet).", "flops",
+                       [target(f"run:tunewatch_gpu_peak_flops:sum{{{R}}}", "peak",
+                               instant=True)],
+                       thresholds(1e30, 1e31), light=False), 3, 8)
+    lay.add(stat_panel("Model parameters", "Parameters of the model the run trains, all of "
+                       "them (MFU counts every one) and those the optimizer updates.",
+                       "short",
+                       [target(f"max(tunewatch_training_model_parameters{{{R}}})", "total",
+                               instant=True),
+                        target(f"max(tunewatch_training_model_trainable_parameters{{{R}}})",
+                               "trainable", "B", instant=True)],
+                       thresholds(1e30, 1e31), light=False), 3, 8)
 
     lay.row("Data")
     lay.add(stat_panel("Current file", "The data file the trainer works on (sidecar).",

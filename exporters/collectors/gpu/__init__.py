@@ -6,6 +6,7 @@ One job per module:
     nvml.py       NvmlReader: every GPU read through NVML (nvidia-ml-py)
     processes.py  ProcessDescriber: a GPU process's name, run and ranks (psutil)
     recorded.py   the JSON recording format and RecordedReader (tests, demos)
+    peak_flops.py the boards' peak tensor-core FLOPS table (MFU's denominator)
     families.py   readings -> metric families (pure)
     trackers.py   XID events, memory peaks and read errors kept between scrapes
     collector.py  GpuCollector, the Prometheus collector, and `create_collector`

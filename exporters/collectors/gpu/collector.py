@@ -14,6 +14,8 @@ Exposition (abridged, one H100):
     tunewatch_gpu_info{cuda_version="13.1",driver_version="590.48.01",gpu="0",
                        name="NVIDIA H100 80GB HBM3",uuid="GPU-..."} 1
     tunewatch_gpu_up{gpu="0",uuid="GPU-..."} 1
+    tunewatch_gpu_peak_flops{gpu="0",precision="bf16",uuid="GPU-..."} 9.894e+14
+    tunewatch_gpu_peak_flops_unknown_boards 0
     tunewatch_gpu_utilization_ratio{gpu="0",uuid="GPU-..."} 1.0
     tunewatch_gpu_memory_used_bytes{gpu="0",uuid="GPU-..."} 2.0780679168e+10
     tunewatch_gpu_memory_used_peak_bytes{gpu="0",uuid="GPU-..."} 2.1e+10
@@ -48,6 +50,7 @@ from prometheus_client.metrics_core import Metric
 from exporters.bounded import BoundedCall, CallTimeout
 from exporters.collectors.gpu.families import availability_families, snapshot_families
 from exporters.collectors.gpu.nvml import NvmlReader
+from exporters.collectors.gpu.peak_flops import PeakFlopsTable
 from exporters.collectors.gpu.readings import GpuReader, GpuSnapshot, GpuUnavailable
 from exporters.collectors.gpu.recorded import RecordedReader
 from exporters.collectors.gpu.trackers import ErrorCounter, PeakTracker, XidTracker
@@ -79,8 +82,10 @@ class GpuCollector:
         sample_interval_seconds: float = 1.0,
         read_timeout_seconds: float = 4.0,
         clock: Callable[[], float] = time.time,
+        peak_flops: PeakFlopsTable | None = None,
     ) -> None:
         self.reader = reader
+        self.peak_flops = peak_flops or PeakFlopsTable()
         self.max_processes = max_processes
         self.sample_interval_seconds = sample_interval_seconds
         self.read_timeout_seconds = read_timeout_seconds
@@ -93,6 +98,8 @@ class GpuCollector:
         self._start_lock = threading.Lock()
         self._last_reason: str | None = None
         self._logged_reason = False
+        self._unknown_boards: set[str] = set()
+        self._unknown_lock = threading.Lock()  # concurrent scrapes may meet a board at once
 
     def start(self) -> None:
         """Start the sampler and XID threads once (idempotent)."""
@@ -123,8 +130,9 @@ class GpuCollector:
         yield from availability_families(reason)
         if snapshot is not None:
             self.errors.record(snapshot)
+            self._note_unknown_boards(snapshot)
             yield from snapshot_families(snapshot, max_processes=self.max_processes,
-                                         peaks=self.peaks.take())
+                                         peaks=self.peaks.take(), peak_flops=self.peak_flops)
         yield from self.errors.families()
         yield from self.xids.families()
 
@@ -145,6 +153,17 @@ class GpuCollector:
         elif self._logged_reason:
             log.info("GPU collector: NVML available again")
         self._last_reason, self._logged_reason = reason, True
+
+    def _note_unknown_boards(self, snapshot: GpuSnapshot) -> None:
+        """Warn once per board name without a peak FLOPS entry: its MFU cannot be computed
+        until `exporter.gpu_peak_flops` names it (the gauge counts such GPUs every scrape)."""
+        names = {g.name for g in snapshot.gpus if self.peak_flops.lookup(g.name) is None}
+        with self._unknown_lock:
+            new = sorted(names - self._unknown_boards)
+            self._unknown_boards.update(new)
+        for name in new:
+            log.warning("GPU board %r has no peak FLOPS entry: tunewatch_gpu_peak_flops is "
+                        "absent for it (add it under exporter.gpu_peak_flops, FLOPS)", name)
 
     def _sample_loop(self) -> None:
         failing = False
@@ -185,4 +204,5 @@ def create_collector(cfg: ExporterConfig) -> GpuCollector:
         max_processes=cfg.gpu_max_processes,
         sample_interval_seconds=cfg.gpu_sample_interval_seconds,
         read_timeout_seconds=cfg.collector_timeout_seconds * READ_DEADLINE_FRACTION,
+        peak_flops=PeakFlopsTable(cfg.gpu_peak_flops),
     )

@@ -17,11 +17,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
+from exporters.collectors.gpu.peak_flops import PRECISION, PeakFlopsTable
 from exporters.collectors.gpu.readings import GpuReading, GpuSnapshot
 
 PREFIX = "tunewatch_gpu_"
 GPU_LABELS = ("gpu", "uuid")
 PROCESS_LABELS = ("gpu", "uuid", "pid", "process", "run", "rank", "local_rank")
+PEAK_FLOPS_LABELS = (*GPU_LABELS, "precision")
+# The built-in table alone (no configured overrides): what a scrape uses unless told.
+BUILT_IN_PEAKS = PeakFlopsTable()
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,30 @@ def peak_family(gpus: list[GpuReading], peaks: Mapping[int, int]) -> list[Metric
     return _nonempty([family])
 
 
+def peak_flops_families(gpus: list[GpuReading], table: PeakFlopsTable) -> list[Metric]:
+    """The board's dense BF16 tensor-core peak per GPU (peak_flops.py), absent for a board
+    the table does not know; how many GPUs that is, always (0 when all are known), so a
+    missing MFU can be told from an unknown board."""
+    flops = _gauge("peak_flops",
+                   "Dense tensor-core peak of the board with FP32 accumulate, no sparsity, "
+                   "FLOPS (vendor datasheet figure or exporter.gpu_peak_flops).",
+                   PEAK_FLOPS_LABELS)
+    unknown = _gauge("peak_flops_unknown_boards",
+                     "GPUs whose board name has no peak FLOPS entry (see gpu_info name).", ())
+    missing = 0
+    for gpu in gpus:
+        peak = table.lookup(gpu.name)
+        if peak is None:
+            missing += 1
+        else:
+            flops.add_metric([*_ids(gpu), PRECISION], peak)
+    unknown.add_metric([], float(missing))
+    return [*_nonempty([flops]), unknown]
+
+
 def snapshot_families(snapshot: GpuSnapshot, *, max_processes: int,
-                      peaks: Mapping[int, int] | None = None) -> list[Metric]:
+                      peaks: Mapping[int, int] | None = None,
+                      peak_flops: PeakFlopsTable = BUILT_IN_PEAKS) -> list[Metric]:
     """Everything one successful NVML read publishes (pure: no clocks, no state)."""
     gpu_count = _gauge("devices", "GPUs NVML reports on this host.", ())
     gpu_count.add_metric([], float(len(snapshot.gpus) + len(snapshot.failures)))
@@ -193,6 +219,7 @@ def snapshot_families(snapshot: GpuSnapshot, *, max_processes: int,
         gpu_count,
         up_family(snapshot),
         *_nonempty([info_family(snapshot)]),
+        *peak_flops_families(snapshot.gpus, peak_flops),
         *scalar_families(snapshot.gpus),
         *peak_family(snapshot.gpus, peaks or {}),
         *throttle_families(snapshot.gpus),

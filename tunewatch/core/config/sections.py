@@ -10,6 +10,7 @@ span keys (poll_max_seconds against poll_initial_seconds, ...) live in checks.py
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -47,8 +48,11 @@ class Range:
     integer: bool = False
     note: str = ""
 
-    def contains(self, value: float) -> bool:
-        """Within the range and finite (NaN passes every comparison, so it is refused)."""
+    def contains(self, value: float | Mapping[str, float]) -> bool:
+        """Within the range and finite (NaN passes every comparison, so it is refused); for
+        a mapping key (name -> number, e.g. exporter.gpu_peak_flops), every value of it."""
+        if isinstance(value, Mapping):
+            return all(self.contains(item) for item in value.values())
         if value != value or value in (float("inf"), float("-inf")):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -155,6 +159,10 @@ class ExporterConfig:
     gpu_max_processes: int = at_least(16, 0, "0: processes counted, none listed")
     gpu_sample_interval_seconds: float = interval(1.0, "the GPU memory sampler")
     gpu_readings_file: str = ""
+    # NVML board name -> dense BF16 peak FLOPS; overrides or extends the built-in table
+    # (exporters/collectors/gpu/peak_flops.py). The range applies to every value.
+    gpu_peak_flops: dict[str, float] = field(default_factory=dict, metadata={
+        RANGE: Range(low=0, low_open=True, note="every value: a board's peak FLOPS")})
 
 
 @dataclass
