@@ -31,10 +31,12 @@ DEPLOYMENT_FILES = [
     *REPO.glob("deploy/**/*"),
 ]
 # key = value or key: value with a literal secret (not a *_FILE path, not empty, not a
-# placeholder in angle brackets or an environment reference).
+# placeholder in angle brackets or an environment reference). A YAML key's colon is followed
+# by a space; a colon inside a name (a recording rule such as
+# run:tunewatch_training_energy_per_token:joules) is not an assignment.
 SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(\w*?(password|passwd|secret|token|api_key)(_file|__file)?)\b\s*[:=]\s*"
-    r"['\"]?([^\s'\"#,}]+)")
+    r"(?i)(?<![:\w])(\w*?(password|passwd|secret|token|api_key)(_file|__file)?)\b"
+    r"\s*(?:=\s*|:\s+)['\"]?([^\s'\"#,}]+)")
 URL_WITH_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@")
 ALLOWED_VALUE = re.compile(r"^(<[^>]*>|\$\{?\w+\}?.*|/.*|\.\.?/.*|\*+|\.\.\.|x+)$")
 
@@ -70,8 +72,10 @@ def test_the_scanner_finds_a_planted_password(tmp_path: Path) -> None:
     planted = REPO / "tests" / ".planted-secret-test.yml"  # under REPO for relative_to
     try:
         planted.write_text("GF_SECURITY_ADMIN_PASSWORD: admin\nurl: postgres://u:hunter2@h/db\n"
-                           "password_file: /run/secrets/x\n")
-        assert len(_secret_findings(planted)) == 2
+                           "password_file: /run/secrets/x\nAPI_TOKEN=s3cr3t\n"
+                           "- record: run:tunewatch_training_energy_per_token:joules\n")
+        found = _secret_findings(planted)
+        assert len(found) == 3 and found[2].endswith(":4: API_TOKEN")
     finally:
         planted.unlink()
 
