@@ -138,16 +138,24 @@ class QueueDir:
 
 
 @dataclass
-class ExporterConfig:
-    """`tunewatch exporter`: the host exporter (GPU, process and files collectors)."""
+class ServerSection:
+    """What every metrics server's section holds (exporters/server.py reads it): written
+    once here, each section giving its own port (listen_address keeps its place first)."""
 
-    listen_address: str = "127.0.0.1:9945"
+    listen_address: str = ""
     web_config_file: str = ""
     max_concurrent_scrapes: int = at_least(8, 1)
     scrape_wait_seconds: float = at_least(
         1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
     openmetrics: bool = False
     gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
+
+
+@dataclass
+class ExporterConfig(ServerSection):
+    """`tunewatch exporter`: the host exporter (GPU, process and files collectors)."""
+
+    listen_address: str = "127.0.0.1:9945"
     collector_timeout_seconds: float = positive(5.0)
     collectors: dict[str, bool] = field(
         default_factory=lambda: {"gpu": True, "process": True, "files": True}
@@ -166,16 +174,10 @@ class ExporterConfig:
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(ServerSection):
     """Training metrics: the in-process callback and `tunewatch training-sidecar`."""
 
     listen_address: str = "127.0.0.1:9946"
-    web_config_file: str = ""
-    max_concurrent_scrapes: int = at_least(8, 1)
-    scrape_wait_seconds: float = at_least(
-        1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
-    openmetrics: bool = False
-    gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
     status_file: str = "status/training_status.json"
     queue_dirs: list[QueueDir] = field(default_factory=list)
     stale_after_seconds: float = positive(300.0)
@@ -253,7 +255,7 @@ class RemoteConfig:
 
 
 @dataclass
-class EvaluatorConfig:
+class EvaluatorConfig(ServerSection):
     """The evaluation core (`tunewatch eval-once`) and the daemon (`tunewatch evaluate`).
 
     Evaluation keys (docs/evaluation.md has the definitions):
@@ -284,12 +286,6 @@ class EvaluatorConfig:
     """
 
     listen_address: str = "127.0.0.1:9947"
-    web_config_file: str = ""
-    max_concurrent_scrapes: int = at_least(8, 1)
-    scrape_wait_seconds: float = at_least(
-        1.0, 0, "0: a scrape beyond max_concurrent_scrapes gets HTTP 503 at once")
-    openmetrics: bool = False
-    gzip_level: int = in_range(1, 0, MAX_GZIP_LEVEL, "0: never compress")
     checkpoints: str = "var/demo/checkpoints"
     data: str = "var/demo/data"
     files: list[str] = field(default_factory=list)
