@@ -39,6 +39,7 @@ FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenize
 def _samples(url: str) -> dict[str, float]:
     """The evaluator's samples as Prometheus would scrape them; {} while it does not answer."""
     try:
+        # Prometheus's headers (openmetrics-first Accept, gzip), as every bench scrape.
         result = scrape_once(url + "/metrics", timeout_seconds=5.0)
     except (OSError, http.client.HTTPException):
         return {}

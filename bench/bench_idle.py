@@ -159,6 +159,8 @@ def measure(watched: Path, data: Path, work: Path, repo: Path, duration: float,
         for server in procs:
             start(server, work, repo)
         evaluator = procs[0]
+        # An untimed readiness poll; every timed scrape goes through common.Scraper with
+        # Prometheus's headers (the openmetrics-first Accept header, gzip).
         wait_for(lambda: b"tunewatch_eval_newest_checkpoint_step " in evaluator.get(
             "/metrics")[1], 60, "the evaluator's first scan", interval=0.2)
         for server in procs:  # a first scrape builds what later ones reuse

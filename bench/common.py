@@ -85,7 +85,9 @@ class Scrape:
 
 
 class Scraper:
-    """One target over one keep-alive connection, with Prometheus's request headers.
+    """One target over one keep-alive connection, with Prometheus's request headers: the
+    Accept header Prometheus sends (openmetrics-text first, then text/plain 0.0.4;
+    exporters.exposition.PROMETHEUS_ACCEPT) and Accept-Encoding gzip.
 
     A connection the server closed while idle is replaced, as Prometheus's Go client does;
     any other failure (refused, reset, timed out) raises and drops the connection, and the
