@@ -23,6 +23,9 @@ def test_bench_smoke():
     assert figures["prometheus_scrapes"] > 0
     assert 0 < figures["prometheus_p50_ms"] <= figures["prometheus_p99_ms"] \
         <= figures["prometheus_max_ms"]
+    # ... and what it records for a static copy of the same answer (its own share).
+    assert 0 < figures["prometheus_floor_p50_ms"] <= figures["prometheus_floor_p99_ms"] \
+        <= figures["prometheus_floor_max_ms"]
     compared = figures["compare"]
     assert compared["openmetrics"]["content_type"] == OPENMETRICS_CONTENT_TYPE
     assert compared["gzip_level_0"]["content_encoding"] == ""
