@@ -41,6 +41,7 @@ from prometheus_client.openmetrics.exposition import (
     escape_metric_name,
 )
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -97,6 +98,46 @@ def _label_text(labels: dict[str, str]) -> str:
                           for k, v in sorted(labels.items())) + "}"
 
 
+class RowFamily(Metric):
+    """A family given as rows `(label values, value)` over fixed label names.
+
+    Why: the GPU collector publishes most of the exporter's ~1k series, one row per GPU
+    and field, with label values that repeat scrape after scrape. As rows, building the
+    family costs one tuple per series (no Sample, no label dict), and `TextRenderer` writes
+    a row as the line start remembered for those label values plus the value. Any other
+    reader (client_python's OpenMetrics encoder, `?name[]=` filtering, tests) sees ordinary
+    samples, built from the rows when first read; the text output is byte for byte what the
+    same samples would give (tests/test_exposition.py, the golden GPU expositions).
+    """
+
+    def __init__(self, name: str, documentation: str, typ: str,
+                 labelnames: tuple[str, ...]) -> None:
+        self.rows: list[tuple[tuple[str, ...], float]] = []
+        self._built: list[Sample] | None = None
+        super().__init__(name, documentation, typ)
+        self.labelnames = labelnames
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The rows as samples (the name a text scrape shows: `_total` on counters)."""
+        if self._built is None or len(self._built) != len(self.rows):
+            sname = self.name + "_total" if self.type == "counter" else self.name
+            names = self.labelnames
+            self._built = [Sample(sname, dict(zip(names, values, strict=True)), value)
+                           for values, value in self.rows]
+        return self._built
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        """Metric.__init__ assigns an empty list; samples come from rows only."""
+        if value:
+            raise TypeError("RowFamily takes rows (add_row), not samples")
+
+    def add_row(self, values: tuple[str, ...], value: float) -> None:
+        """One series: its label values in `labelnames` order, and its value."""
+        self.rows.append((values, value))
+
+
 # One sample's remembered line start: (sample name, its labels as rendered, the text
 # `name{labels} `, and the OpenMetrics-only suffix that moves it to a family of its own).
 _Line = tuple[str, dict[str, str], str, "str | None"]
@@ -124,6 +165,8 @@ class TextRenderer:
         self._headers: dict[tuple[str, str, str], str] = {}
         self._names: dict[str, str] = {}
         self._lines: dict[str, tuple[int, list[_Line]]] = {}
+        self._row_lines: dict[tuple[str, str, tuple[str, ...]],
+                              tuple[int, dict[tuple[str, ...], str]]] = {}
         self._renderings = 0
 
     def render(self, families: Iterable[Metric]) -> bytes:
@@ -149,6 +192,10 @@ class TextRenderer:
         oldest = self._renderings - CACHE_FACTOR
         if any(used < oldest for used, _ in list(self._lines.values())):
             self._lines = {k: v for k, v in list(self._lines.items()) if v[0] >= oldest}
+        if any(used < oldest or len(starts) > limit
+               for used, starts in list(self._row_lines.values())):
+            self._row_lines = {k: v for k, v in list(self._row_lines.items())
+                               if v[0] >= oldest and len(v[1]) <= limit}
 
     def _name(self, name: str) -> str:
         escaped = self._names.get(name)
@@ -181,6 +228,9 @@ class TextRenderer:
         return (sname, dict(labels), f"{self._name(sname)}{text} ", split_names.get(sname))
 
     def _family(self, family: Metric, out: list[str]) -> None:
+        if isinstance(family, RowFamily):
+            self._rows(family, out)
+            return
         ftype = family.type
         name = family.name
         if ftype == "counter":
@@ -224,6 +274,40 @@ class TextRenderer:
         for suffix in sorted(split):
             out.append(self._header(family.name + suffix, "gauge", family.documentation))
             out.extend(split[suffix])
+
+
+    def _number(self, value: float) -> str:
+        """Go's text of a value, remembered by value (see _family's loop, which inlines it)."""
+        number = self._values.get(value)
+        if number is None:
+            if type(value) is float and MINUS_INF < value < GO_EXPONENT_FROM:
+                number = self._values[value] = repr(value)
+            else:
+                number = self._values[value] = floatToGoString(value)
+        if number is ZERO and copysign(1.0, value) < 0.0:
+            return "-0.0"
+        return number
+
+    def _rows(self, family: RowFamily, out: list[str]) -> None:
+        """A RowFamily: each row's line start remembered by its label values (which, with
+        the family's name and label names, are all it is made of, so never stale)."""
+        sname = family.name + "_total" if family.type == "counter" else family.name
+        out.append(self._header(sname, TYPES.get(family.type, family.type),
+                                family.documentation))
+        key = (family.name, family.type, family.labelnames)
+        _, starts = self._row_lines.get(key, (0, {}))
+        self._row_lines[key] = (self._renderings, starts)
+        values = self._values
+        append = out.append
+        for labels, value in family.rows:
+            start = starts.get(labels)
+            if start is None:
+                text = _label_text(dict(zip(family.labelnames, labels, strict=True)))
+                start = starts[labels] = f"{self._name(sname)}{text if labels else ''} "
+            number = values.get(value)
+            if number is None or number is ZERO:
+                number = self._number(value)
+            append(f"{start}{number}\n")
 
 
 _RENDERER = TextRenderer()

@@ -31,6 +31,7 @@ from exporters.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     PROMETHEUS_ACCEPT,
     TEXT_CONTENT_TYPE,
+    RowFamily,
     TextRenderer,
     gzip_accepted,
     negotiate,
@@ -170,6 +171,57 @@ def test_random_families_over_many_scrapes_match_client_python():
     renderer = TextRenderer()
     for families in random_families(rng, 20):
         assert renderer.render(families) == generate_latest(Given(families))
+
+
+def random_row_families(rng: random.Random, rounds: int) -> list[list]:
+    """`rounds` scrapes of RowFamily series (gauges and counters, label values that need
+    escaping, no labels at all) whose values change between scrapes."""
+    alphabet = 'ab"\\\n\u00e9 _.:'
+    specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e6, 1e16, 123456789.0, -1e7]
+    shapes = [(f"tunewatch_rows_{i}", rng.choice(["gauge", "counter"]),
+               tuple(sorted(rng.sample(["gpu", "uuid", "reason", "a"], rng.randrange(4)))))
+              for i in range(6)]
+    keys = {name: [tuple("".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+                         for _ in names) for _ in range(30)]
+            for name, _, names in shapes}
+    scrapes = []
+    for _ in range(rounds):
+        families = []
+        for name, typ, names in shapes:
+            family = RowFamily(name, f"rows {name}", typ, names)
+            for key in keys[name][:1] if not names else keys[name]:
+                family.add_row(key, rng.choice([rng.choice(specials),
+                                                rng.uniform(-1e12, 1e12),
+                                                float(rng.randrange(10**9))]))
+            families.append(family)
+        scrapes.append(families)
+    return scrapes
+
+
+def test_row_families_render_as_their_samples_over_many_scrapes():
+    rng = random.Random(22)
+    renderer = TextRenderer()
+    for families in random_row_families(rng, 20):
+        assert renderer.render(families) == generate_latest(Given(families))
+
+
+def test_row_family_takes_rows_not_samples():
+    family = RowFamily("tunewatch_rows_x", "x", "counter", ("gpu",))
+    family.add_row(("0",), 2.0)
+    assert family.samples == [Sample("tunewatch_rows_x_total", {"gpu": "0"}, 2.0)]
+    with pytest.raises(TypeError):
+        family.samples = [Sample("tunewatch_rows_x_total", {"gpu": "1"}, 1.0)]
+
+
+def test_remembered_row_starts_of_a_gone_family_are_forgotten():
+    renderer = TextRenderer()
+    family = RowFamily("tunewatch_rows_gone", "gone", "gauge", ("gpu",))
+    family.add_row(("0",), 1.0)
+    renderer.render([family])
+    assert any(key[0] == "tunewatch_rows_gone" for key in renderer._row_lines)
+    for _ in range(CACHE_FACTOR + 1):
+        renderer.render([GaugeMetricFamily("tunewatch_test_other", "other", value=1.0)])
+    assert not any(key[0] == "tunewatch_rows_gone" for key in renderer._row_lines)
 
 
 def test_remembered_texts_stay_bounded():

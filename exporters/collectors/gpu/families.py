@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
 
 from exporters.collectors.gpu.peak_flops import PRECISION, PeakFlopsTable
 from exporters.collectors.gpu.readings import GpuReading, GpuSnapshot
+from exporters.exposition import RowFamily
 
 PREFIX = "tunewatch_gpu_"
 GPU_LABELS = ("gpu", "uuid")
@@ -92,68 +92,70 @@ def _ids(gpu: GpuReading) -> list[str]:
     return [str(gpu.index), gpu.uuid]
 
 
-def _append(family: Metric, labels: dict[str, str], value: float) -> None:
-    """add_metric without its per-sample dict(zip(...)): one label dict per GPU is shared by
-    all of that GPU's samples (nothing mutates it), and the encoder renders it once. At 1k
-    series this halves the collector's cost per scrape (bench/bench_exporter.py)."""
-    name = family.name + "_total" if family.type == "counter" else family.name
-    family.samples.append(Sample(name, labels, value))
+def _rows(name: str, doc: str, labels: tuple[str, ...] = GPU_LABELS,
+          counter: bool = False) -> RowFamily:
+    """A family of rows (exporters/exposition.py): the GPU collector publishes most of the
+    exporter's series, and as rows each costs one tuple per scrape and renders from a line
+    start remembered by its label values (bench/bench_exporter.py)."""
+    return RowFamily(PREFIX + name, doc, "counter" if counter else "gauge", labels)
 
 
 def _nonempty(families: Iterable[Metric]) -> list[Metric]:
     """Unsupported fields are omitted: a family without samples is not published at all."""
-    return [f for f in families if f.samples]
+    return [f for f in families if (f.rows if isinstance(f, RowFamily) else f.samples)]
 
 
 def scalar_families(gpus: list[GpuReading]) -> list[Metric]:
     """One family per supported scalar field; None (unsupported) adds no sample."""
     out: list[Metric] = []
-    labels = [dict(zip(GPU_LABELS, _ids(gpu), strict=True)) for gpu in gpus]
+    keys = [(str(gpu.index), gpu.uuid) for gpu in gpus]
     for spec in SCALARS:
-        family = (_counter if spec.counter else _gauge)(spec.name, spec.doc)
-        for gpu, ids in zip(gpus, labels, strict=True):
+        family = _rows(spec.name, spec.doc, counter=spec.counter)
+        rows = family.rows
+        for gpu, key in zip(gpus, keys, strict=True):
             value = getattr(gpu, spec.attr)
             if value is not None:
-                _append(family, ids, float(value))
+                rows.append((key, float(value)))
         out.append(family)
     return _nonempty(out)
 
 
 def throttle_families(gpus: list[GpuReading]) -> list[Metric]:
     """Active clock event reasons (0/1) and cumulative throttled time per reason."""
-    active = _gauge("throttle_reason_active",
-                    "1 if this clock event (throttle) reason is holding clocks down now.",
-                    (*GPU_LABELS, "reason"))
-    seconds = _counter("throttled_seconds",
-                       "Time clocks were held below target, by NVML violation policy.",
-                       (*GPU_LABELS, "reason"))
+    labels = (*GPU_LABELS, "reason")
+    active = _rows("throttle_reason_active",
+                   "1 if this clock event (throttle) reason is holding clocks down now.", labels)
+    seconds = _rows("throttled_seconds",
+                    "Time clocks were held below target, by NVML violation policy.", labels,
+                    counter=True)
     for gpu in gpus:
-        base = dict(zip(GPU_LABELS, _ids(gpu), strict=True))
+        index = str(gpu.index)
         for reason, on in sorted((gpu.throttle_reasons or {}).items()):
-            _append(active, {**base, "reason": reason}, 1.0 if on else 0.0)
+            active.rows.append(((index, gpu.uuid, reason), 1.0 if on else 0.0))
         for reason, value in sorted((gpu.throttled_seconds or {}).items()):
-            _append(seconds, {**base, "reason": reason}, float(value))
+            seconds.rows.append(((index, gpu.uuid, reason), float(value)))
     return _nonempty([active, seconds])
 
 
 def process_families(gpus: list[GpuReading], max_processes: int) -> list[Metric]:
     """Per-process GPU memory for the largest `max_processes` per GPU; the rest counted."""
-    count = _gauge("compute_processes", "Processes with a compute context on the GPU.")
-    unlisted = _gauge("compute_processes_unlisted",
-                      "Compute processes beyond the per-GPU cap (gpu_max_processes), not listed.")
-    memory = _gauge("process_memory_used_bytes",
-                    "GPU memory used by one compute process (largest per GPU, capped).",
-                    PROCESS_LABELS)
+    count = _rows("compute_processes", "Processes with a compute context on the GPU.")
+    unlisted = _rows("compute_processes_unlisted",
+                     "Compute processes beyond the per-GPU cap (gpu_max_processes), not listed.")
+    memory = _rows("process_memory_used_bytes",
+                   "GPU memory used by one compute process (largest per GPU, capped).",
+                   PROCESS_LABELS)
     for gpu in gpus:
         if gpu.processes is None:
             continue
         procs = sorted(gpu.processes, key=lambda p: (-(p.used_memory_bytes or 0), p.pid))
         shown = [p for p in procs if p.used_memory_bytes is not None][:max(max_processes, 0)]
-        count.add_metric(_ids(gpu), float(len(procs)))
-        unlisted.add_metric(_ids(gpu), float(len(procs) - len(shown)))
+        key = (str(gpu.index), gpu.uuid)
+        count.add_row(key, float(len(procs)))
+        unlisted.add_row(key, float(len(procs) - len(shown)))
         for p in shown:
-            memory.add_metric([*_ids(gpu), str(p.pid), p.name, p.run, p.rank, p.local_rank],
-                              float(p.used_memory_bytes or 0))
+            memory.add_row((*key, str(p.pid), p.name, p.run, p.rank, p.local_rank),
+                           float(p.used_memory_bytes or 0))
     return _nonempty([count, unlisted, memory])
 
 
@@ -167,24 +169,24 @@ def info_family(snapshot: GpuSnapshot) -> InfoMetricFamily:
     return info
 
 
-def up_family(snapshot: GpuSnapshot) -> GaugeMetricFamily:
+def up_family(snapshot: GpuSnapshot) -> RowFamily:
     """1 per GPU read this scrape, 0 per GPU NVML lists but could not read (e.g. lost)."""
-    up = _gauge("up", "1 if the GPU was read this scrape, 0 if NVML lists it but it failed.")
+    up = _rows("up", "1 if the GPU was read this scrape, 0 if NVML lists it but it failed.")
     rows = [(g.index, g.uuid, 1.0) for g in snapshot.gpus]
     rows += [(f.index, f.uuid, 0.0) for f in snapshot.failures]
     for index, uuid, value in sorted(rows):
-        up.add_metric([str(index), uuid], value)
+        up.add_row((str(index), uuid), value)
     return up
 
 
 def peak_family(gpus: list[GpuReading], peaks: Mapping[int, int]) -> list[Metric]:
     """Highest memory used since the previous scrape: the sampler's peaks and this read."""
-    family = _gauge("memory_used_peak_bytes",
-                    "Highest device memory used seen by the sampler since the previous scrape.")
+    family = _rows("memory_used_peak_bytes",
+                   "Highest device memory used seen by the sampler since the previous scrape.")
     for gpu in gpus:
         candidates = [v for v in (gpu.memory_used_bytes, peaks.get(gpu.index)) if v is not None]
         if candidates:
-            family.add_metric(_ids(gpu), float(max(candidates)))
+            family.add_row((str(gpu.index), gpu.uuid), float(max(candidates)))
     return _nonempty([family])
 
 
@@ -192,10 +194,10 @@ def peak_flops_families(gpus: list[GpuReading], table: PeakFlopsTable) -> list[M
     """The board's dense BF16 tensor-core peak per GPU (peak_flops.py), absent for a board
     the table does not know; how many GPUs that is, always (0 when all are known), so a
     missing MFU can be told from an unknown board."""
-    flops = _gauge("peak_flops",
-                   "Dense tensor-core peak of the board with FP32 accumulate, no sparsity, "
-                   "FLOPS (vendor datasheet figure or exporter.gpu_peak_flops).",
-                   PEAK_FLOPS_LABELS)
+    flops = _rows("peak_flops",
+                  "Dense tensor-core peak of the board with FP32 accumulate, no sparsity, "
+                  "FLOPS (vendor datasheet figure or exporter.gpu_peak_flops).",
+                  PEAK_FLOPS_LABELS)
     unknown = _gauge("peak_flops_unknown_boards",
                      "GPUs whose board name has no peak FLOPS entry (see gpu_info name).", ())
     missing = 0
@@ -204,7 +206,7 @@ def peak_flops_families(gpus: list[GpuReading], table: PeakFlopsTable) -> list[M
         if peak is None:
             missing += 1
         else:
-            flops.add_metric([*_ids(gpu), PRECISION], peak)
+            flops.add_row((str(gpu.index), gpu.uuid, PRECISION), float(peak))
     unknown.add_metric([], float(missing))
     return [*_nonempty([flops]), unknown]
 
