@@ -7,6 +7,7 @@ PostgreSQL and one trained tiny model serve every test; tests add their own scra
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -41,6 +42,19 @@ def missing_bootstrapped_binary(excinfo: pytest.ExceptionInfo[BaseException] | N
         return ""
     name = Path(str(excinfo.value.filename or "")).name
     return name if name in BOOTSTRAPPED_BINARIES else ""
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """SIGTERM (a CI timeout, `timeout`, a killed job) stops the run as Ctrl-C does.
+
+    Why: pytest runs the fixtures' teardown on KeyboardInterrupt but not on SIGTERM, whose
+    default action ends the process at once and leaves every service this suite started
+    (Prometheus, Alertmanager, node_exporter, PostgreSQL) running on the machine."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.hookimpl(wrapper=True)
