@@ -27,6 +27,7 @@ from evaluators.state import StateError
 from exporters.server import (
     ServerStartError,
     add_web_arguments,
+    freeze_startup_objects,
     start_for_section,
     wait_for_stop_signal,
 )
@@ -108,6 +109,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 1
     if chosen.deployer is not None:
         chosen.deployer.note_served()
+    # torch and transformers leave a few hundred thousand objects from their imports; a
+    # full collection walking them would stall both the loop and a scrape of /metrics.
+    freeze_startup_objects()
     try:
         return _loop(daemon, args.once)
     finally:
