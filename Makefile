@@ -7,13 +7,22 @@ TUNEWATCH := $(VENV)/bin/tunewatch
 UP_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap up test bench lint clean dashboards lock
+.PHONY: bootstrap up test bench lint clean dashboards rules lock secrets
 
 bootstrap:
 	@scripts/bootstrap.sh
 
 up: bootstrap
 	@$(TUNEWATCH) up $(UP_ARGS)
+
+# Every secret file docker-compose.yml names (./secrets/*): a random value, mode 0600, an
+# existing one kept. No bootstrap: a Docker host needs only Python 3 with PyYAML for this.
+secrets:
+	@if [ -x $(PY) ]; then py=$(PY); else py=python3; fi; \
+	if ! $$py -c 'import yaml' 2>/dev/null; then \
+		echo "make secrets: needs Python 3 with PyYAML (apt-get install python3-yaml)," \
+			"or run scripts/bootstrap.sh first" >&2; exit 1; fi; \
+	PYTHONPATH=. $$py -m tunewatch secrets create
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
 test:
@@ -28,6 +37,7 @@ bench: bootstrap
 lint: bootstrap
 	@$(VENV)/bin/ruff check .
 	@promtool check config prometheus/prometheus.yml
+	@$(PY) scripts/rules.py --check
 	@promtool check rules prometheus/rules/*.yml
 	@promtool test rules prometheus/tests/*.yml
 	@amtool check-config alertmanager/alertmanager.yml
@@ -43,6 +53,11 @@ lock: bootstrap
 
 dashboards: bootstrap
 	@PYTHONPATH=grafana $(PY) -m dashboards_src
+
+# Prometheus rules and their promtool tests: prometheus/rules/ and prometheus/tests/ from
+# prometheus/rules_src/ (thresholds and runbook_base_url in its config.yml; commit both).
+rules: bootstrap
+	@$(PY) scripts/rules.py
 
 clean:
 	rm -rf var .pytest_cache

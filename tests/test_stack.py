@@ -25,6 +25,9 @@ def stack_env(data_dir: Path) -> tuple[dict[str, str], int]:
         "TUNEWATCH_STACK__ALERTMANAGER_PORT": str(free_port()),
         "TUNEWATCH_STACK__NODE_EXPORTER_PORT": str(free_port()),
         "TUNEWATCH_STACK__WEBHOOK_PORT": str(free_port()),
+        # Used only where a Grafana binary is on PATH (then with the stack's PostgreSQL).
+        "TUNEWATCH_STACK__GRAFANA_PORT": str(free_port()),
+        "TUNEWATCH_STACK__POSTGRES_PORT": str(free_port()),
         "TUNEWATCH_STACK__SCRAPE_INTERVAL_SECONDS": "1",
     }
     for key in ("EXPORTER", "TRAINING", "EVALUATOR"):
@@ -41,9 +44,27 @@ def configured_targets(data_dir: Path) -> int:
     return count
 
 
+RUN = "stack-test-run"
+
+
+def process_runs(prom: str, process: str) -> set[str]:
+    """The run labels Prometheus has for the host exporter's `process` right now."""
+    import requests
+
+    answer = requests.get(f"{prom}/api/v1/query", timeout=5, params={
+        "query": f'tunewatch_process_info{{process="{process}"}}'}).json()
+    return {r["metric"].get("run", "") for r in answer["data"]["result"]}
+
+
 def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_path: Path):
     data_dir = tmp_path / "var"
     env, prom_port = stack_env(data_dir)
+    # The run set in the config file only (not exported): the stack hands it to the
+    # processes it starts, so the exporter labels them with it.
+    config = tmp_path / "tunewatch.yml"
+    config.write_text(f"run: {RUN}\n")
+    env["TUNEWATCH_CONFIG"] = str(config)
+    env.pop("TUNEWATCH_RUN", None)
     proc = subprocess.Popen(
         ["make", "-s", "up", "UP_ARGS=--duration 240"], cwd=repo_root, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -56,6 +77,9 @@ def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_p
         assert expected >= 3
         wait_for(lambda: status_line(prom).startswith(f"targets up {expected}/{expected}"),
                  90, f"{expected} targets up (last: {status_line(prom)})")
+        for process in ("trainer", "evaluator"):
+            wait_for(lambda p=process: process_runs(prom, p) == {RUN}, 60,
+                     f"{process} labelled run={RUN} (last: {process_runs(prom, process)})")
     finally:
         # Ctrl-C as the stack sees it (make itself would report "Interrupt").
         import psutil
@@ -72,6 +96,8 @@ def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_p
     assert proc.returncode == 0, text
     assert "tunewatch stack is up" in text and "stopping the stack" in text
     assert "prometheus" in text and f"127.0.0.1:{prom_port}" in text
+    # The dashboards' URLs where Grafana exists, else one line on how to get them.
+    assert ("dashboards: no Grafana on PATH" in text) != ("dashboards (Grafana" in text)
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path: Path):

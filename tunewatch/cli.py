@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "paired comparison of two checkpoints (McNemar)",
     "deploy": "the inference server's served model: status, rollback of the last deploy",
     "predictions": "list, follow and export the predictions kept for each checkpoint",
+    "secrets": "create the compose stack's secret files; hand them to non-root readers",
 }
 
 

@@ -11,5 +11,7 @@ prints the URLs and a live one-line status, and stops everything on Ctrl-C.
 - render.py: Prometheus's and Alertmanager's configs and the file_sd targets, rendered
   from the repository's files for this stack;
 - supervisor.py: starting the components in order, watching them, stopping them;
-- status.py: the one-line status, read from Prometheus itself.
+- status.py: the one-line status, read from Prometheus itself;
+- grafana.py: Grafana with the repository's dashboards, where a Grafana binary exists;
+- postgres.py: the PostgreSQL that Grafana's Predictions dashboard reads, started with it.
 """

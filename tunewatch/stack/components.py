@@ -9,12 +9,16 @@ a missing binary into a clear error before anything starts.
 from __future__ import annotations
 
 import logging
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,7 +33,14 @@ EVALUATOR_PATTERN = r"tunewatch evaluate"
 
 @dataclass
 class Component:
-    """One process of the stack: how to start it, where it answers, how it is scraped."""
+    """One process of the stack: how to start it, where it answers, how it is scraped.
+
+    Most components are HTTP servers, ready when `ready_path` answers 200; one that is not
+    (PostgreSQL) brings its own `probe`. `env` is added to the stack's environment, `user`
+    is the account to run as (given only when the stack runs as root: PostgreSQL refuses
+    root), `after_start` runs once the component is ready (creating a database), and
+    `stop_signal` is the one that stops it quickly.
+    """
 
     name: str
     argv: list[str]
@@ -37,6 +48,12 @@ class Component:
     ready_path: str
     job: str | None = None
     role: str = "training"
+    scheme: str = "http"
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    probe: Callable[[], bool] | None = field(default=None, repr=False)
+    after_start: Callable[[], None] | None = field(default=None, repr=False)
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
 
@@ -46,7 +63,18 @@ class Component:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{self.scheme}://{self.address}"
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen's arguments that run a process as `user` (its group, no other group), or none.
+
+    Why not `runuser -u` (tests/services.py's way): it would stand between the stack and
+    the process, so the stop signal would reach runuser rather than PostgreSQL, whose fast
+    shutdown is SIGINT."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 # --------------------------------------------------------------------------- checks
@@ -133,8 +161,18 @@ def reset_demo(cfg: Config, data_dir: Path) -> None:
             shutil.rmtree(path)
 
 
+def run_env(cfg: Config) -> dict[str, str]:
+    """The environment that makes a process one of the run's (exporters/collectors/procenv)."""
+    return {"TUNEWATCH_RUN": cfg.run}
+
+
 def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
-    """The tunewatch processes of the stack."""
+    """The tunewatch processes of the stack.
+
+    The trainer and the evaluator carry the run in their environment (TUNEWATCH_RUN), as a
+    user's processes do: the host exporter reads it there to label their processes and GPU
+    memory with the run, which the per-run efficiency rules join on (MFU on a GPU host).
+    """
     demo = demo_dir(cfg, data_dir)
     trainer = []
     if cfg.demo.enabled:
@@ -143,6 +181,7 @@ def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
             tunewatch_argv("demo-train", "--output-dir", str(demo),
                            "--web.listen-address", cfg.training.listen_address),
             _port(cfg.training.listen_address), "/-/healthy", job="tunewatch-training",
+            env=run_env(cfg),
         )]
     return [
         *trainer,
@@ -159,7 +198,7 @@ def tunewatch_components(cfg: Config, data_dir: Path) -> list[Component]:
                            "--state-dir", str(data_dir / "evaluator"),
                            "--web.listen-address", cfg.evaluator.listen_address),
             _port(cfg.evaluator.listen_address), "/-/healthy", job="tunewatch-evaluator",
-            role="eval",
+            role="eval", env=run_env(cfg),
         ),
         Component(
             "webhook",

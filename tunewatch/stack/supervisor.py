@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,14 @@ from typing import Any
 
 from tunewatch.core.config import Config
 from tunewatch.core.errors import UsageError
-from tunewatch.stack.components import Component, build_components, check_ports, reset_demo
+from tunewatch.stack.components import (
+    Component,
+    as_user,
+    build_components,
+    check_ports,
+    reset_demo,
+)
+from tunewatch.stack.grafana import Dashboards, find_grafana, no_grafana_line, plan_dashboards
 from tunewatch.stack.render import prepare_files
 from tunewatch.stack.status import status_line
 
@@ -64,16 +72,20 @@ class Stack:
         with comp.log_path.open("ab") as fh:
             comp.proc = subprocess.Popen(
                 comp.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **comp.env} if comp.env else None,
+                **as_user(comp.user),
             )
         self.started.append(comp)
         deadline = time.monotonic() + self.ready_timeout
+        ready = comp.probe or (lambda: http_ok(comp.url + comp.ready_path))
         while time.monotonic() < deadline:
             if comp.proc.poll() is not None:
                 raise UsageError(f"{comp.name} exited with status {comp.proc.returncode} at "
                                  f"start; its log ({comp.log_path}):\n{tail(comp.log_path)}")
-            if http_ok(comp.url + comp.ready_path):
+            if ready():
                 log.info("%s ready on %s (pid %d)", comp.name, comp.url, comp.proc.pid)
+                if comp.after_start is not None:
+                    comp.after_start()
                 return
             time.sleep(0.2)
         raise UsageError(f"{comp.name} not ready on {comp.url}{comp.ready_path} after "
@@ -87,7 +99,7 @@ class Stack:
             if comp.proc is None or comp.proc.poll() is not None:
                 continue
             with contextlib.suppress(ProcessLookupError):
-                comp.proc.send_signal(signal.SIGTERM)
+                comp.proc.send_signal(comp.stop_signal)
         for comp in reversed(self.started):
             if comp.proc is None:
                 continue
@@ -100,9 +112,9 @@ class Stack:
         self.started.clear()
 
 
-def print_urls(components: list[Component], data_dir: Path) -> None:
+def print_urls(components: list[Component], data_dir: Path, dashboards: str) -> None:
     rows = [f"  {c.name:<14} {c.url}" for c in components]
-    sys.stderr.write("tunewatch stack is up:\n" + "\n".join(rows) +
+    sys.stderr.write("tunewatch stack is up:\n" + "\n".join(rows) + f"\n{dashboards}" +
                      f"\n  data and logs under {data_dir}\n  Ctrl-C stops everything.\n")
 
 
@@ -135,13 +147,28 @@ def watch(stack: Stack, prom_url: str, interval: float, duration: float | None) 
 def run_stack(cfg: Config, duration: float | None = None) -> int:
     """The whole stack, until Ctrl-C/SIGTERM (status 0), `duration` seconds (0), or a
     component's death (1); a user's mistake (a taken port, a missing binary or config, a
-    component that does not start) raises UsageError."""
+    component that does not start) raises UsageError. With a Grafana binary on PATH the
+    stack also runs Grafana and the PostgreSQL of its Predictions dashboard."""
     data_dir = Path(cfg.stack.data_dir).resolve()
     components, prom = build_components(cfg, data_dir)
+    dashboards = plan_dashboards(cfg, data_dir, find_grafana(cfg))
+    try:
+        if dashboards is not None:
+            components = dashboards.arrange(components)
+        return _run(cfg, data_dir, components, prom, dashboards, duration)
+    finally:
+        if dashboards is not None:
+            dashboards.cleanup()
+
+
+def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Component,
+         dashboards: Dashboards | None, duration: float | None) -> int:
     check_ports(components)
     if cfg.demo.enabled:
         reset_demo(cfg, data_dir)
     prepare_files(cfg, data_dir, components)
+    if dashboards is not None:
+        dashboards.prepare()
     stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds)
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -150,7 +177,8 @@ def run_stack(cfg: Config, duration: float | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         stack.start_all()
-        print_urls(components, data_dir)
+        print_urls(components, data_dir,
+                   dashboards.banner() if dashboards else f"  {no_grafana_line(cfg)}")
         return watch(stack, prom.url, cfg.stack.status_interval_seconds, duration)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
