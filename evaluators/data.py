@@ -9,6 +9,11 @@ A record: `{"messages": [{"role": "user", "content": ...}, {"role": "assistant",
 optionally a system turn first and earlier turns; the last assistant turn is the golden answer
 and every turn before it is the prompt. Optional string fields: id, difficulty, regime, source,
 pattern. Without a `difficulty` field, the file name gives it: `easy_50.jsonl` -> easy.
+
+Messages-only suites (the seeds' own files carry no pattern, regime or source) get those
+labels from `evaluator.derive_labels`: per label, a regex over the file name or the id,
+e.g. pattern from `syllo_001234` -> `syllo`. A record's own field always wins; a name the
+regex does not match keeps `unspecified`, so one odd file never hides the others.
 """
 
 from __future__ import annotations
@@ -17,16 +22,20 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluators.errors import EvaluationError
+from tunewatch.core.config.sections import DerivedLabel
 
 log = logging.getLogger(__name__)
 
 UNSPECIFIED = "unspecified"
 LABEL_FIELDS = ("difficulty", "regime", "source", "pattern")
+DERIVABLE = ("regime", "source", "pattern")  # what evaluator.derive_labels may set
+VALUE_GROUP = "value"  # the regex group that names the label, when the regex has it
 ROLES = ("system", "user", "assistant")
 _SIZE_SUFFIX = re.compile(r"_\d+$")
 
@@ -80,6 +89,46 @@ class LineError(ValueError):
     """Why a single line cannot be used."""
 
 
+@dataclass(frozen=True)
+class LabelRule:
+    """One label read from a name: the file's stem or the example's id (see DerivedLabel)."""
+
+    label: str
+    take: str
+    regex: re.Pattern[str] | None
+
+    def value(self, path: Path, example_id: str) -> str | None:
+        """The label this rule reads for one example, or None when the name does not match."""
+        text = path.stem if self.take == "file" else example_id
+        if self.regex is None:
+            return text.strip() or None
+        match = self.regex.search(text)
+        if match is None:
+            return None
+        if VALUE_GROUP in self.regex.groupindex:
+            found = match.group(VALUE_GROUP)
+        else:
+            found = match.group(1) if self.regex.groups else match.group(0)
+        return found.strip() if found and found.strip() else None
+
+
+def label_rules(derive: Mapping[str, DerivedLabel] | None) -> tuple[LabelRule, ...]:
+    """The configured rules (evaluator.derive_labels), checked: a label that cannot be
+    derived or a regex that does not compile is a `config` error naming it."""
+    rules = []
+    for label, rule in sorted((derive or {}).items()):
+        if label not in DERIVABLE:
+            raise EvaluationError("data", f"evaluator.derive_labels.{label}: only "
+                                            f"{', '.join(DERIVABLE)} can be derived")
+        try:
+            regex = re.compile(rule.regex) if rule.regex else None
+        except re.error as exc:
+            raise EvaluationError("data", f"evaluator.derive_labels.{label}.regex: "
+                                            f"{exc}") from exc
+        rules.append(LabelRule(label, rule.take, regex))
+    return tuple(rules)
+
+
 def difficulty_from_name(path: Path) -> str:
     """`easy_50.jsonl` -> `easy`; a name without a size suffix is used whole."""
     stem = _SIZE_SUFFIX.sub("", path.stem)
@@ -117,8 +166,10 @@ def _label(record: dict[str, Any], name: str, default: str) -> str:
     return value.strip()
 
 
-def parse_record(text: str, path: Path, line: int) -> Example:
-    """One JSONL line -> Example; raises LineError naming what is wrong."""
+def parse_record(text: str, path: Path, line: int,
+                 rules: Sequence[LabelRule] = ()) -> Example:
+    """One JSONL line -> Example; raises LineError naming what is wrong. `rules` give the
+    labels the record lacks (label_rules)."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -141,20 +192,23 @@ def parse_record(text: str, path: Path, line: int) -> Example:
     if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
         raise LineError(f"'id' must be a string or an integer, got {raw_id!r}")
     origin = f"{path.name}:{line}"
+    example_id = str(raw_id) if raw_id is not None else origin
+    derived = {r.label: r.value(path, example_id) for r in rules}
     return Example(
         key=example_key(prompt, golden),
-        id=str(raw_id) if raw_id is not None else origin,
+        id=example_id,
         prompt=prompt,
         golden=golden,
         difficulty=_label(record, "difficulty", difficulty_from_name(path)),
-        regime=_label(record, "regime", UNSPECIFIED),
-        source=_label(record, "source", UNSPECIFIED),
-        pattern=_label(record, "pattern", UNSPECIFIED),
+        regime=_label(record, "regime", derived.get("regime") or UNSPECIFIED),
+        source=_label(record, "source", derived.get("source") or UNSPECIFIED),
+        pattern=_label(record, "pattern", derived.get("pattern") or UNSPECIFIED),
         origin=origin,
     )
 
 
-def read_file(path: Path, skipped: list[SkippedLine]) -> list[Example]:
+def read_file(path: Path, skipped: list[SkippedLine],
+              rules: Sequence[LabelRule] = ()) -> list[Example]:
     """Every valid example of one file; bad lines are appended to `skipped` and logged."""
     examples = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
@@ -166,7 +220,7 @@ def read_file(path: Path, skipped: list[SkippedLine]) -> list[Example]:
         if not text.strip():
             continue
         try:
-            examples.append(parse_record(text, path, number))
+            examples.append(parse_record(text, path, number, rules))
         except LineError as exc:
             skipped.append(SkippedLine(path.name, number, str(exc)))
     return examples
@@ -188,14 +242,17 @@ def suite_files(data_dir: Path, names: list[str]) -> list[Path]:
     return paths
 
 
-def load_suite(data_dir: Path, names: list[str] | None = None) -> Suite:
-    """Read the suite; duplicates (same prompt and golden) count once, with a warning."""
+def load_suite(data_dir: Path, names: list[str] | None = None,
+               derive: Mapping[str, DerivedLabel] | None = None) -> Suite:
+    """Read the suite; duplicates (same prompt and golden) count once, with a warning.
+    `derive`: evaluator.derive_labels, for records without pattern, regime or source."""
+    rules = label_rules(derive)
     paths = suite_files(Path(data_dir), list(names or []))
     skipped: list[SkippedLine] = []
     seen: dict[str, Example] = {}
     duplicates = 0
     for path in paths:
-        for example in read_file(path, skipped):
+        for example in read_file(path, skipped, rules):
             if example.key in seen:
                 duplicates += 1
                 continue

@@ -10,7 +10,10 @@ around the table.
 
 Overall figures are the series with `difficulty="all"`; the per-difficulty series use the
 difficulty's name. Other breakdowns (regime, source, pattern, length bucket) are marginals,
-each in its own family, so every family has one label set.
+each in its own family, so every family has one label set. The two cross-products DESIGN
+section 9 allows have families of their own: exact match per pattern x length bucket (at
+most `evaluator.max_patterns` patterns, the rest folded into `other`) and the calibration
+bins per difficulty.
 
 Example exposition (abridged):
 
@@ -69,6 +72,19 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge", ("bin",), "Exact match rate of the examples in the bin."),
     "tunewatch_eval_calibration_bin_confidence_ratio": (
         "gauge", ("bin",), "Mean answer confidence of the examples in the bin."),
+    "tunewatch_eval_difficulty_calibration_bin_examples": (
+        "gauge", ("difficulty", "bin"),
+        "Examples of one difficulty with an answer confidence in the bin."),
+    "tunewatch_eval_difficulty_calibration_bin_accuracy_ratio": (
+        "gauge", ("difficulty", "bin"), "Exact match rate in the bin, within one difficulty."),
+    "tunewatch_eval_difficulty_calibration_bin_confidence_ratio": (
+        "gauge", ("difficulty", "bin"),
+        "Mean answer confidence in the bin, within one difficulty."),
+    "tunewatch_eval_think_tag_ratio": (
+        "gauge", ("difficulty",), "Share of answers with a <think> block."),
+    "tunewatch_eval_hard_examples": (
+        "gauge", ("difficulty",),
+        "Wrong answers of the checkpoint written to the hard-example files."),
     **{
         f"tunewatch_eval_{m}_exact_match_ratio": (
             "gauge", (m,), f"Exact match rate per {m.replace('_', ' ')}.")
@@ -79,6 +95,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
             "gauge", (m,), f"Examples evaluated per {m.replace('_', ' ')}.")
         for m in MARGINALS
     },
+    "tunewatch_eval_pattern_length_exact_match_ratio": (
+        "gauge", ("pattern", "length_bucket"),
+        "Exact match rate per pattern x prompt-length bucket (capped patterns)."),
+    "tunewatch_eval_pattern_length_examples": (
+        "gauge", ("pattern", "length_bucket"),
+        "Examples evaluated per pattern x prompt-length bucket (capped patterns)."),
     "tunewatch_eval_curriculum_mix_ratio": (
         "gauge", ("difficulty",), "Recommended share of the next data round per difficulty."),
     "tunewatch_eval_regression_p_value": (
@@ -106,6 +128,16 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "Paired exact match difference within one difficulty (now minus baseline)."),
     "tunewatch_eval_cross_entropy_change_ratio": (
         "gauge", ("baseline",), "Cross-entropy now over the baseline's, minus 1."),
+    # The regression rule the evaluator applies (evaluator.regression), always published, so
+    # that the alert rules compare with the same thresholds (prometheus/rules/eval.alerts.yml).
+    "tunewatch_eval_regression_min_drop_ratio": (
+        "gauge", (), "Smallest overall exact match drop that is a regression."),
+    "tunewatch_eval_difficulty_regression_min_drop_ratio": (
+        "gauge", (), "Smallest exact match drop within one difficulty that is a regression."),
+    "tunewatch_eval_regression_max_p_value": (
+        "gauge", (), "McNemar p-value a regression must be below."),
+    "tunewatch_eval_regression_loss_rise_ratio": (
+        "gauge", (), "Cross-entropy change ratio above which the loss regressed."),
     "tunewatch_eval_best_checkpoint_step": (
         "gauge", (), "Step of the best checkpoint (highest exact match; ties: later)."),
     "tunewatch_eval_ranking_position": (

@@ -21,6 +21,8 @@ from evaluators.stats import Calibration, Rate, calibration, wilson_interval
 
 # The breakdowns every figure is given for (label names from DESIGN section 9).
 BREAKDOWNS = ("difficulty", "regime", "source", "pattern", "length_bucket", "pattern_length")
+# The pattern every pattern beyond evaluator.max_patterns is published as.
+OTHER_PATTERN = "other"
 
 
 @dataclass(frozen=True)
@@ -213,3 +215,33 @@ def summarize(
         for name in BREAKDOWNS
     }
     return overall, groups
+
+
+def kept_patterns(outcomes: Sequence[ExampleOutcome], cap: int) -> frozenset[str]:
+    """The `cap` most frequent patterns (ties: by name), the ones published by name.
+
+    Why a cap: patterns derived from ids (evaluator.derive_labels) can be many, and each is
+    a row of series per length bucket (DESIGN section 9 bounds this cross-product).
+    """
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.pattern] = counts.get(o.pattern, 0) + 1
+    ranked = sorted(counts, key=lambda p: (-counts[p], p))
+    return frozenset(ranked[:cap])
+
+
+def exact_match_counts(
+    outcomes: Sequence[ExampleOutcome], key: Callable[[ExampleOutcome], tuple[str, ...]]
+) -> dict[tuple[str, ...], tuple[int, int]]:
+    """(exact matches, examples) per value of `key`, keys sorted; only non-empty groups."""
+    counts: dict[tuple[str, ...], list[int]] = {}
+    for o in outcomes:
+        row = counts.setdefault(key(o), [0, 0])
+        row[0] += int(o.exact_match)
+        row[1] += 1
+    return {k: (counts[k][0], counts[k][1]) for k in sorted(counts)}
+
+
+def capped_pattern(pattern: str, kept: frozenset[str]) -> str:
+    """The pattern as published: itself if kept, else OTHER_PATTERN."""
+    return pattern if pattern in kept else OTHER_PATTERN

@@ -24,9 +24,14 @@ from catalogue import rows
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "grafana" / "dashboards"
-EXPECTED = {"training.json": "tunewatch-training", "hardware.json": "tunewatch-hardware",
+EXPECTED = {"overview.json": "tunewatch-overview",
+            "training.json": "tunewatch-training", "hardware.json": "tunewatch-hardware",
             "evaluation.json": "tunewatch-evaluation",
             "predictions.json": "tunewatch-predictions"}
+# The rules source's runbook_base_url: dashboards and alerts link to the same runbook.
+RUNBOOK_URL = yaml.safe_load(
+    (REPO / "prometheus" / "rules_src" / "config.yml").read_text())["runbook_base_url"]
+HOME = "overview.json"  # Grafana's home page
 GRAFANA_11_6_SCHEMA = 41
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Dashboards on PostgreSQL (docs/predictions.md): SQL targets (rawSql) instead of PromQL.
@@ -193,18 +198,72 @@ def test_variables_used_are_defined_and_rates_use_rate_interval():
                     assert window in ("$__rate_interval", "$__range"), (name, panel["title"])
 
 
+def link_problem(url: str, anchors: set[str], uids: set[str], variables: set[str]) -> str:
+    """Why a panel or data link is broken ("" when it is not): a runbook link must name a
+    section of docs/runbook.md, a dashboard link an existing uid and defined variables."""
+    if url.startswith(RUNBOOK_URL):
+        anchor = url.rsplit("#", 1)[-1]
+        return "" if "#" in url and anchor in anchors else f"no runbook section {anchor!r}"
+    m = re.fullmatch(r"/d/([\w-]+)\?(.*)", url)
+    if not m:
+        return f"neither the runbook nor a tunewatch dashboard: {url}"
+    if m.group(1) not in uids:
+        return f"no dashboard uid {m.group(1)}"
+    unknown = variables_used(m.group(2)) - variables - BUILTIN_VARS - LINK_VARS
+    return f"undefined variables {sorted(unknown)}" if unknown else ""
+
+
+# Grafana's variables in links: the time range, a data link's field and row values.
+LINK_VARS = {"__url_time_range", "__field", "__data"}
+
+
+def field_links(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    """Data links of a panel's fields: defaults and overrides."""
+    config = panel.get("fieldConfig", {})
+    found = list(config.get("defaults", {}).get("links", []))
+    for override in config.get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "links":
+                found += prop["value"]
+    return found
+
+
 def test_links_to_dashboards_and_runbooks():
     anchors = runbook_anchors()
+    uids = set(EXPECTED.values())
     for name, dash in all_dashboards().items():
         kinds = {link["type"] for link in dash["links"]}
         assert kinds == {"dashboards", "link"}, name
         tagged = [lk for lk in dash["links"] if lk["type"] == "dashboards"]
         assert tagged[0]["tags"] == ["tunewatch"] and tagged[0]["includeVars"]
+        defined = {v["name"] for v in dash["templating"]["list"]}
         for panel in panels(dash):
-            for link in panel.get("links", []):
-                anchor = link["url"].rsplit("#", 1)[1]
-                assert anchor in anchors, (name, panel["title"], anchor)
+            for link in panel.get("links", []) + field_links(panel):
+                problem = link_problem(link["url"], anchors, uids, defined)
+                assert not problem, (name, panel["title"], problem)
         assert any(panel.get("links") for panel in panels(dash)), name
+
+
+def test_link_check_catches_a_broken_link():
+    anchors = runbook_anchors()
+    uids = set(EXPECTED.values())
+    assert link_problem(f"{RUNBOOK_URL}#nosuchalert", anchors, uids, {"run"})
+    assert link_problem("/d/tunewatch-nope?var-run=${run}", anchors, uids, {"run"})
+    assert link_problem("/d/tunewatch-training?var-run=${nope}", anchors, uids, {"run"})
+    assert not link_problem("/d/tunewatch-training?var-run=${run}&${__url_time_range}",
+                            anchors, uids, {"run"})
+
+
+def test_the_overview_links_to_every_other_dashboard_and_is_grafanas_home():
+    overview = load(HOME)
+    linked = {m.group(1) for panel in panels(overview) for link in panel.get("links", [])
+              for m in [re.match(r"/d/([\w-]+)", link["url"])] if m}
+    assert linked == set(EXPECTED.values()) - {overview["uid"]}
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{mounts['./grafana/dashboards']}/{HOME}"
 
 
 def test_provisioning_and_compose_mounts_agree():

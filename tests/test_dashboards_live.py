@@ -6,10 +6,13 @@ data" on the day it is needed. Here the real processes run (host exporters fed r
 NVML readings for a training and an eval host, node_exporter, the training sidecar on a
 status file that a writer thread advances, the evaluator daemon on the tiny model's real
 checkpoints, and a dcgm-exporter stand-in serving dcgm-style series), a private real
-Prometheus scrapes them with the repository's recording rules, and every query is read
-from grafana/dashboards/*.json, its variables and Grafana macros expanded as Grafana does,
-and run for every value of the run and role variables. A deliberately broken panel must
-fail the same check.
+Prometheus scrapes them with the repository's recording rules and GPU alert rules (the
+recorded XIDs fire GPUXidErrors, which the Run overview's alert panels show), and every
+query is read from grafana/dashboards/*.json, its variables and Grafana macros expanded as
+Grafana does, and run for every value of the run and role variables. A deliberately broken
+panel must fail the same check. Each view of the seeds' control room and predictions page
+that docs/dashboards.md maps to a panel is run once more by that mapping (the PostgreSQL
+ones on the test PostgreSQL), so the documented panel is the one that has the data.
 
 A private Prometheus (not the session one): variables resolve with label_values() over
 everything Prometheus holds, so other tests' runs and hosts would become variable values
@@ -36,9 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from services import NodeExporter, Prometheus, Tunewatch, wait_for
+from test_predictions_dashboard import expand, reader, resolve  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +58,13 @@ SCRAPE_SECONDS = 1.0
 STARTED = time.time()
 RANGE_SECONDS = 300  # the time range the panels are queried over ("last 5 minutes")
 MAX_DATA_POINTS = 1000  # Grafana's maxDataPoints is the panel's width in pixels
+DOCS = REPO / "docs" / "dashboards.md"
+# The Prometheus rules loaded: recording rules, and the GPU alerts the recorded XIDs fire.
+RULE_FILES = ("training.rules.yml", "dcgm.rules.yml", "efficiency.rules.yml", "gpu.alerts.yml")
+# The regime of the tiny suite, given an output contract so that the contract panels have
+# something to show: answers starting with "1" (most sums of the hard additions) pass.
+CONTRACTED_REGIME = "plain_sft"
+BATCH_SIZE = 8  # the status file's batch_size
 GPU_PANELS_FROM_DCGM = {  # Hardware panels the dcgm mapping rules feed (docs/dashboards.md)
     "GPU utilization ($role)", "GPU memory used and peak ($role)",
     "GPU temperature ($role)", "GPU power ($role)", "GPU clocks ($role)",
@@ -327,6 +339,7 @@ class StatusWriter:
             "model": "tiny-qwen3", "dataset": "dash-data", "current_file": "batch_07.jsonl",
             "batch": step % 50, "batches_total": 50, "updated_at": time.time(),
             "model_parameters": 494032768, "model_trainable_parameters": 8798208,
+            "batch_size": BATCH_SIZE,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
@@ -386,9 +399,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
     """Prometheus with the repository's rules, scraping a training and an eval host."""
     root = tmp_path_factory.mktemp("dashboards")
     prom = Prometheus(root / "prometheus", scrape_interval=f"{int(SCRAPE_SECONDS)}s")
-    prom.rule_files = [str(REPO / "prometheus" / "rules" / name)
-                       for name in ("training.rules.yml", "dcgm.rules.yml",
-                                    "efficiency.rules.yml")]
+    prom.rule_files = [str(REPO / "prometheus" / "rules" / name) for name in RULE_FILES]
     prom.start()
     started: list[Any] = [prom]
     stack = Stack(prom, started)
@@ -480,19 +491,26 @@ def test_a_broken_panel_fails_the_check(stack: Stack):
     assert len(problems) == 2 * 3, problems
 
 
-def test_evaluation_panels_return_data_for_each_run(stack: Stack, tiny_run,
-                                                    tmp_path: Path):
+@pytest.fixture(scope="module")
+def evaluators(stack: Stack, tiny_run, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Stack]:
     """The evaluator daemon on the tiny model's three real checkpoints, twice: with the
     local backend, and through the test inference server with deploy_best (the
-    inference-server row)."""
+    inference-server row); an output contract on the suite's regime. Every checkpoint
+    evaluated by both before the stack is handed on."""
     from inference_server import InferenceServer
 
+    tmp_path = tmp_path_factory.mktemp("evaluators")
     checkpoints = tmp_path / "checkpoints"
     for source in tiny_run.checkpoints:
         shutil.copytree(source, checkpoints / Path(source).name)
-    env = {"TUNEWATCH_RUN": RUN, "TUNEWATCH_EVALUATOR__DEVICE": "cpu",
-                "TUNEWATCH_EVALUATOR__BATCH_SIZE": "64",
-                "TUNEWATCH_EVALUATOR__SETTLE_SECONDS": "1"}
+    config = tmp_path / "tunewatch.yml"
+    config.write_text(yaml.safe_dump({"evaluator": {"contracts": {
+        CONTRACTED_REGIME: {"required_prefix": "1"}}}}))
+    env = {"TUNEWATCH_RUN": RUN, "TUNEWATCH_CONFIG": str(config),
+           "TUNEWATCH_EVALUATOR__DEVICE": "cpu",
+           "TUNEWATCH_EVALUATOR__BATCH_SIZE": "64",
+           "TUNEWATCH_EVALUATOR__SETTLE_SECONDS": "1"}
     server = InferenceServer(tmp_path / "server", checkpoint=tiny_run.checkpoints[0],
                              model_id="base").start()
     remote_env = {**env, "TUNEWATCH_EVALUATOR__BACKEND": "remote",
@@ -514,10 +532,101 @@ def test_evaluation_panels_return_data_for_each_run(stack: Stack, tiny_run,
                     tiny_run.checkpoints),
                 timeout=400, what=f"{job} to evaluate every checkpoint: "
                                   f"{evaluator.log_tail()}", interval=2)
-        problems = wait_for_panels(stack.prom, load("evaluation"), timeout=60)
-        assert not problems, "\n".join(problems)
+        yield stack
     finally:
         for job, evaluator in evaluators.items():
             stack.prom.remove_target(job)
             evaluator.stop()
         server.stop()
+
+
+def test_evaluation_panels_return_data_for_each_run(evaluators: Stack):
+    problems = wait_for_panels(evaluators.prom, load("evaluation"), timeout=60)
+    assert not problems, "\n".join(problems)
+
+
+def test_overview_panels_return_data_for_each_run(evaluators: Stack):
+    """The Run overview across both hosts; its alert panels need GPUXidErrors firing
+    (for: 1m after the first scrape of the recorded XIDs)."""
+    problems = wait_for_panels(evaluators.prom, load("overview"), timeout=120)
+    assert not problems, "\n".join(problems)
+    firing = evaluators.prom.query('ALERTS{alertstate="firing", alertname="GPUXidErrors"}')
+    assert {a["metric"]["host"] for a in firing} == set(HOSTS.values())
+
+
+def test_the_batch_size_panel_sees_the_status_files_batch_size(evaluators: Stack):
+    assert evaluators.prom.value(f'tunewatch_training_batch_size{{run="{RUN}"}}') == BATCH_SIZE
+
+
+# --------------------------------------------------------------------------- seed views
+
+
+@dataclass(frozen=True)
+class SeedView:
+    """One row of docs/dashboards.md's map of the seeds' views to panels."""
+
+    seed: str
+    view: str
+    uid: str
+    panel_id: int
+    title: str
+
+
+def seed_views() -> list[SeedView]:
+    """The map's rows: | seed | view | `uid` | panel id | panel title |."""
+    text = DOCS.read_text()
+    section = text.split("## The seeds' views", 1)[1].split("\n## ", 1)[0]
+    views = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[2].startswith("`tunewatch-"):
+            views.append(SeedView(cells[0], cells[1], cells[2].strip("`"), int(cells[3]),
+                                  cells[4]))
+    return views
+
+
+def by_uid() -> dict[str, dict[str, Any]]:
+    return {d["uid"]: d for d in (json.loads(p.read_text()) for p in DASHBOARDS.glob("*.json"))}
+
+
+def test_every_seed_view_is_mapped_to_an_existing_panel():
+    """Seed 001's control room and seed 002's predictions page, view by view, each on the
+    panel the map names (id and title agree, so a moved panel fails here)."""
+    views = seed_views()
+    dashboards = by_uid()
+    assert {v.seed for v in views} == {"001", "002"}
+    for view in views:
+        panel = next((p for p in dashboards[view.uid]["panels"] if p["id"] == view.panel_id),
+                     None)
+        assert panel is not None and panel["type"] != "row", view
+        assert panel["title"] == view.title, (view, panel["title"])
+
+
+def test_every_mapped_prometheus_view_returns_data(evaluators: Stack):
+    dashboards = by_uid()
+    mapped: dict[str, set[str]] = {}
+    for view in seed_views():
+        if view.uid != "tunewatch-predictions":
+            mapped.setdefault(view.uid, set()).add(view.title)
+    assert mapped
+    for uid, titles in mapped.items():
+        pinned = {"host": "|".join(HOSTS.values())} if uid == "tunewatch-hardware" else None
+        problems = wait_for_panels(evaluators.prom, dashboards[uid], timeout=60,
+                                   pinned=pinned, titles=titles)
+        assert not problems, "\n".join(problems)
+
+
+def test_every_mapped_predictions_view_returns_rows(reader: str):  # noqa: F811
+    dash = by_uid()["tunewatch-predictions"]
+    ids = {v.panel_id for v in seed_views() if v.uid == "tunewatch-predictions"}
+    assert ids
+    end = time.time()
+    start = end - 6 * 3600
+    with psycopg.connect(reader) as conn:
+        values = resolve(conn, dash, "demo", start, end)
+        for panel in dash["panels"]:
+            if panel["id"] not in ids:
+                continue
+            for target in panel["targets"]:
+                rows = conn.execute(expand(target["rawSql"], values, start, end)).fetchall()
+                assert rows and any(v is not None for v in rows[0]), panel["title"]

@@ -139,7 +139,7 @@ def training_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[st
             "state": "training", "step": 10, "max_steps": 100, "epoch": 0.5, "loss": 1.5,
             "eval_loss": 1.7, "learning_rate": 1e-4, "grad_norm": 0.9, "tokens_seen": 5000,
             "samples_seen": 80, "run": "cat", "model": "tiny", "current_file": "a.jsonl",
-            "batch": 3, "batches_total": 10, "updated_at": time.time()}))
+            "batch": 3, "batches_total": 10, "batch_size": 16, "updated_at": time.time()}))
         wait_for(lambda: "tunewatch_training_step{" in sidecar.metrics(), 30, "status read")
         metrics.set_state("training")
         metrics.update(step=1, max_steps=10, epoch=0.1, loss=2.0, grad_norm=1.0,

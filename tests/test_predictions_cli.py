@@ -70,6 +70,32 @@ def test_follow_one_example_across_steps(url: str, capsys):
     assert _run(capsys, "follow", "nope")[0] == 1
 
 
+def test_follow_marks_where_the_answer_changed(url: str, env: Path, capsys):
+    """grid(): even examples answer "hi" at every step, odd ones "wrong <step>"; a third run
+    flips one example from wrong to right and back."""
+    code, out = _run(capsys, "follow", "ex-001", "--run", "r1")
+    assert code == 0 and out.splitlines()[4].split()[5] == "change"
+    assert [line.split()[5] for line in out.splitlines()[5:]] == ["first", "changed",
+                                                                   "changed"]
+    code, out = _run(capsys, "follow", "ex-000", "--run", "r1", "--json")
+    records = [json.loads(x) for x in out.splitlines()]
+    assert [r["answer_changed"] for r in records] == [None, False, False]
+    assert [r["step"] for r in records] == [100, 200, 300] and records[0]["prompt"]
+    store = open_store("", state_dir=env / "state")
+    store.write([row(run="r3", step=step, example_key="f", example_id="flip", answer=answer,
+                     exact_match=ok, normalized_match=ok, failure_mode=None if ok else "x")
+                 for step, answer, ok in ((100, "ho", False), (200, "hi", True),
+                                          (300, "hu", False), (400, "hu", False))])
+    store.close()
+    code, out = _run(capsys, "follow", "flip", "--json")
+    records = [json.loads(x) for x in out.splitlines()]
+    assert [(r["answer_changed"], r["match_change"]) for r in records] == [
+        (None, None), (True, "fixed"), (True, "broken"), (False, None)]
+    code, out = _run(capsys, "follow", "flip")
+    assert [" ".join(line.split()[5:7]) for line in out.splitlines()[5:]] == [
+        "first ho", "changed fixed", "changed broken", "same hu"]
+
+
 def test_accuracy_windows(url: str, capsys):
     code, out = _run(capsys, "accuracy", "--run", "r1")
     assert code == 0

@@ -20,12 +20,19 @@ from typing import Any
 
 from evaluators.compare import Comparison, compare
 from evaluators.curriculum import recommended_mix
+from evaluators.daemon.hard_examples import is_hard
 from evaluators.evaluate import EvalResult
 from evaluators.families import MARGINALS, Samples, add, add_each
-from evaluators.outcomes import GroupStats
+from evaluators.outcomes import (
+    ExampleOutcome,
+    GroupStats,
+    capped_pattern,
+    exact_match_counts,
+    kept_patterns,
+)
 from evaluators.ranking import rank
 from evaluators.state import State
-from tunewatch.core.config import EvaluatorConfig
+from tunewatch.core.config import EvaluatorConfig, RegressionConfig
 
 OVERALL = "all"  # the difficulty label of the whole suite's figures
 
@@ -45,12 +52,60 @@ def _group(out: Samples, difficulty: str, g: GroupStats) -> None:
         add(out, "tunewatch_eval_expected_calibration_error", d, g.calibration.ece)
         add(out, "tunewatch_eval_brier_score", d, g.calibration.brier)
     add(out, "tunewatch_eval_composite_score", d, g.composite_score)
+    add(out, "tunewatch_eval_think_tag_ratio", d, g.with_think / g.examples)
     for mode, count in sorted(g.failure_modes.items()):
         add(out, "tunewatch_eval_failed_examples", {**d, "failure_mode": mode}, count)
 
 
 def _bin_label(low: float, high: float) -> str:
     return f"{low:g}-{high:g}"
+
+
+def _calibration_bins(out: Samples, g: GroupStats, difficulty: str | None) -> None:
+    """The reliability diagram's bins: the whole suite's (difficulty None, label `bin`
+    only) or one difficulty's (labels `difficulty`, `bin`)."""
+    prefix = "tunewatch_eval_" if difficulty is None else "tunewatch_eval_difficulty_"
+    extra = {} if difficulty is None else {"difficulty": difficulty}
+    for b in g.calibration.bins if g.calibration is not None else []:
+        labels = {**extra, "bin": _bin_label(b.low, b.high)}
+        add(out, f"{prefix}calibration_bin_examples", labels, b.count)
+        add(out, f"{prefix}calibration_bin_accuracy_ratio", labels, b.accuracy)
+        add(out, f"{prefix}calibration_bin_confidence_ratio", labels, b.mean_confidence)
+
+
+def _hard_examples(out: Samples, outcomes: list[ExampleOutcome],
+                   difficulties: list[str]) -> None:
+    """Per difficulty and overall: the rows hard_examples.write appends for this checkpoint
+    (the same rule, is_hard), 0 where every answer was right."""
+    counts = dict.fromkeys(difficulties, 0)
+    for o in outcomes:
+        if is_hard(o):
+            counts[o.difficulty] = counts.get(o.difficulty, 0) + 1
+    add(out, "tunewatch_eval_hard_examples", {"difficulty": OVERALL}, sum(counts.values()))
+    add_each(out, "tunewatch_eval_hard_examples", "difficulty", counts)
+
+
+def _marginals(out: Samples, result: EvalResult, max_patterns: int) -> None:
+    """Exact match and examples per regime, source, length bucket and (capped) pattern, and
+    per pattern x length bucket, over every evaluated example (not the predictions
+    sample)."""
+    kept = kept_patterns(result.outcomes, max_patterns)
+    for m in MARGINALS:
+        if m == "pattern":
+            continue
+        for value, g in result.breakdowns.get(m, {}).items():
+            add(out, f"tunewatch_eval_{m}_exact_match_ratio", {m: value}, g.exact_match.value)
+            add(out, f"tunewatch_eval_{m}_examples", {m: value}, g.examples)
+    for (pattern,), (right, n) in exact_match_counts(
+            result.outcomes, lambda o: (capped_pattern(o.pattern, kept),)).items():
+        add(out, "tunewatch_eval_pattern_exact_match_ratio", {"pattern": pattern}, right / n)
+        add(out, "tunewatch_eval_pattern_examples", {"pattern": pattern}, n)
+    for (pattern, bucket), (right, n) in exact_match_counts(
+            result.outcomes,
+            lambda o: (capped_pattern(o.pattern, kept), o.length_bucket)).items():
+        labels = {"pattern": pattern, "length_bucket": bucket}
+        add(out, "tunewatch_eval_pattern_length_exact_match_ratio", labels, right / n)
+        add(out, "tunewatch_eval_pattern_length_examples", labels, n)
 
 
 def measurement(result: EvalResult, cfg: EvaluatorConfig, *, step: int, duration: float,
@@ -62,16 +117,10 @@ def measurement(result: EvalResult, cfg: EvaluatorConfig, *, step: int, duration
     difficulties = result.breakdowns.get("difficulty", {})
     for name, g in difficulties.items():
         _group(out, name, g)
-    cal = result.overall.calibration
-    for b in cal.bins if cal is not None else []:
-        labels = {"bin": _bin_label(b.low, b.high)}
-        add(out, "tunewatch_eval_calibration_bin_examples", labels, b.count)
-        add(out, "tunewatch_eval_calibration_bin_accuracy_ratio", labels, b.accuracy)
-        add(out, "tunewatch_eval_calibration_bin_confidence_ratio", labels, b.mean_confidence)
-    for m in MARGINALS:
-        for value, g in result.breakdowns.get(m, {}).items():
-            add(out, f"tunewatch_eval_{m}_exact_match_ratio", {m: value}, g.exact_match.value)
-            add(out, f"tunewatch_eval_{m}_examples", {m: value}, g.examples)
+        _calibration_bins(out, g, name)
+    _calibration_bins(out, result.overall, None)
+    _hard_examples(out, result.outcomes, list(difficulties))
+    _marginals(out, result, cfg.max_patterns)
     mix = recommended_mix({d: g.exact_match.value for d, g in difficulties.items()},
                           cfg.curriculum_min_share)
     add_each(out, "tunewatch_eval_curriculum_mix_ratio", "difficulty", mix)
@@ -115,7 +164,18 @@ def derived(state: State, cfg: EvaluatorConfig, step: int | None) -> Derived:
             out.comparisons.append(comp)
             _comparison_samples(out.samples, comp, state, step)
     _ranking_samples(out.samples, state, cfg.last_k)
+    _regression_rule_samples(out.samples, cfg.regression)
     return out
+
+
+def _regression_rule_samples(out: Samples, rules: RegressionConfig) -> None:
+    """The configured regression thresholds, always: the alert rules compare with these, so
+    that tunewatch_eval_regression and EvalRegression / EvalLossRegression cannot disagree."""
+    add(out, "tunewatch_eval_regression_min_drop_ratio", {}, rules.min_drop_overall)
+    add(out, "tunewatch_eval_difficulty_regression_min_drop_ratio", {},
+        rules.min_drop_per_difficulty)
+    add(out, "tunewatch_eval_regression_max_p_value", {}, rules.max_p_value)
+    add(out, "tunewatch_eval_regression_loss_rise_ratio", {}, rules.loss_rise_ratio)
 
 
 def _ranking_samples(out: Samples, state: State, last_k: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from evaluators.data import Suite
 from evaluators.evaluate import EvalResult
+from evaluators.outcomes import ExampleOutcome
 
 log = logging.getLogger("tunewatch.evaluate")
 
@@ -46,13 +47,19 @@ def holds_checkpoint(path: Path, checkpoint: str) -> bool:
     return any(marker in line for line in data.splitlines())
 
 
+def is_hard(outcome: ExampleOutcome) -> bool:
+    """Whether an outcome goes to the hard-example file: a wrong answer. One rule for the
+    file and for `tunewatch_eval_hard_examples` (evaluators/daemon/figures.py)."""
+    return not outcome.exact_match
+
+
 def rows(suite: Suite, result: EvalResult, step: int, checkpoint: str) -> list[str]:
     """The wrong answers of one evaluation, one JSON line each (without the newline)."""
     by_key = {e.key: e for e in suite.examples}
     lines = []
     for o in result.outcomes:
         example = by_key.get(o.key)
-        if o.exact_match or example is None:
+        if not is_hard(o) or example is None:
             continue
         messages = [{"role": m.role, "content": m.content} for m in example.prompt]
         messages.append({"role": "assistant", "content": example.golden})

@@ -140,7 +140,7 @@ class Daemon:
         if self.suite is not None:
             return
         try:
-            self.suite = load_suite(self.data, self.cfg.files)
+            self.suite = load_suite(self.data, self.cfg.files, self.cfg.derive_labels)
         except Exception as exc:  # any cause: not ready, the loop goes on
             message = f"{type(exc).__name__}: {exc}"
             if message != self._suite_error:
@@ -225,7 +225,7 @@ class Daemon:
         wall = time.perf_counter()
         try:
             if self.suite is None:
-                self.suite = load_suite(self.data, self.cfg.files)
+                self.suite = load_suite(self.data, self.cfg.files, self.cfg.derive_labels)
             result = self.evaluate(c.path, self.cfg, suite=self.suite, limit=self.limit,
                                    show_progress=False)
         except EvaluationError as exc:

@@ -5,15 +5,24 @@ types (a time as an ISO date, unix seconds or an age such as 2h) into store filt
 through the rows, and lays them out as one-line table rows; the store (store.py) only
 selects. Long texts are flattened to one line and shortened with `...`, so a table row is
 always one line whatever the prompt holds.
+
+`follow` marks where an example's answer changed (seed 002's diff across epochs): each
+checkpoint's answer against the one recorded before it in the same run, and whether the
+match flipped (`fixed`: wrong before, exact now; `broken`: the other way).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import IO, Any
 
+from evaluators.predictions.export import dump_jsonl
 from evaluators.predictions.store import Filters, Row, Store
 from tunewatch.core.errors import UsageError
 
@@ -90,18 +99,69 @@ def follow(store: Store, example_id: str, run: str | None) -> list[Row]:
     return store.query(Filters(run=run, example_id=example_id), newest_first=False)
 
 
+@dataclass(frozen=True)
+class Change:
+    """How one recorded answer differs from the one before it (same example, same run).
+
+    answer_changed: None at the first recorded checkpoint of the run (nothing to compare);
+    match_change: `fixed`, `broken` or None (the exact match did not flip).
+    """
+
+    answer_changed: bool | None
+    match_change: str | None
+
+    def marker(self) -> str:
+        """The text column: `first`, `same`, `changed`, or `changed fixed|broken`."""
+        if self.answer_changed is None:
+            return "first"
+        if not self.answer_changed:
+            return "same"
+        return f"changed {self.match_change}" if self.match_change else "changed"
+
+
+def changes(rows: Sequence[Row]) -> list[Change]:
+    """Per row of `follow` (oldest step first): its change against the previous row of the
+    same run."""
+    previous: dict[str, Row] = {}
+    out = []
+    for r in rows:
+        before = previous.get(r["run"])
+        previous[r["run"]] = r
+        if before is None:
+            out.append(Change(None, None))
+            continue
+        flipped = bool(before["exact_match"]) != bool(r["exact_match"])
+        out.append(Change(before["answer"] != r["answer"],
+                          ("fixed" if r["exact_match"] else "broken") if flipped else None))
+    return out
+
+
 def follow_text(rows: list[Row]) -> str:
-    """One example's prompt and golden answer, then its answer at each checkpoint."""
+    """One example's prompt and golden answer, then its answer at each checkpoint, marked
+    where it changed."""
     first = rows[0]
     out = [f"example {first['example_id']} ({first['dataset']}, {first['difficulty']})",
            f"prompt: {_short(first['prompt'], 200)}", f"golden: {_short(first['golden'], 200)}",
-           "", f"{'run':<12} {'step':>6} {'epoch':>6} {'match':<5} {'CE':>7} answer"]
-    for r in rows:
+           "", f"{'run':<12} {'step':>6} {'epoch':>6} {'match':<5} {'CE':>7} "
+               f"{'change':<14} answer"]
+    for r, change in zip(rows, changes(rows), strict=True):
         epoch = f"{r['epoch']:.2f}" if r["epoch"] is not None else "-"
         ce = f"{r['cross_entropy']:.3f}" if r["cross_entropy"] is not None else "-"
         out.append(f"{_short(r['run'], 12):<12} {r['step']:>6} {epoch:>6} {_match(r):<5} "
-                   f"{ce:>7} {_short(r['answer'], 60)}")
+                   f"{ce:>7} {change.marker():<14} {_short(r['answer'], 60)}")
     return "\n".join(out) + "\n"
+
+
+def follow_jsonl(rows: list[Row], fh: IO[str]) -> int:
+    """The rows as `export` writes them, each with `answer_changed` and `match_change`."""
+    buffer = io.StringIO()
+    dump_jsonl(rows, buffer)
+    lines = buffer.getvalue().splitlines()
+    for line, change in zip(lines, changes(rows), strict=True):
+        record: dict[str, Any] = json.loads(line)
+        record.update(answer_changed=change.answer_changed, match_change=change.match_change)
+        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(lines)
 
 
 def recent_accuracy(store: Store, run: str | None) -> dict[int, tuple[int, int]]:

@@ -324,7 +324,7 @@ class PrometheusCallback(TrainerCallback):
                                   * int(getattr(args, "gradient_accumulation_steps", 1) or 1)
                                   * int(getattr(args, "world_size", 1) or 1))
         self.metrics.update(max_steps=state.max_steps or None, step=state.global_step,
-                            epoch=state.epoch)
+                            epoch=state.epoch, batch_size=self._samples_per_step or None)
         self._publish_model_size(kwargs.get("model"))
         self.metrics.set_state("training")
         self.serve_in_background()

@@ -66,6 +66,9 @@ GAUGES = {
     "model_trainable_parameters": ("tunewatch_training_model_trainable_parameters",
                                    "Parameters of the model being trained that the optimizer "
                                    "updates (requires_grad)."),
+    "batch_size": ("tunewatch_training_batch_size",
+                   "Training samples per optimizer step: per-process batch x gradient "
+                   "accumulation x processes."),
 }
 
 
@@ -214,12 +217,14 @@ class TrainingMetrics:
         tokens: float | None = None,
         samples: float | None = None,
         timestamp: float | None = None,
+        batch_size: float | None = None,
     ) -> None:
         """Record the facts given (None: unchanged).
 
         step: optimizer steps done; a new step also sets the last-step timestamp (now, or
-        `timestamp`). tokens/samples: totals seen so far. A loss or grad norm that is NaN or
-        infinite is not published; a non-finite loss increments
+        `timestamp`). tokens/samples: totals seen so far. batch_size: samples per optimizer
+        step (what seed 001 plots throughput against GPU memory by). A loss or grad norm
+        that is NaN or infinite is not published; a non-finite loss increments
         tunewatch_training_nonfinite_loss_total instead.
         """
         with self._lock:
@@ -235,7 +240,8 @@ class TrainingMetrics:
                 else:
                     self._gauges["loss"] = float(loss)
             for key, value in (("max_steps", max_steps), ("epoch", epoch),
-                               ("grad_norm", grad_norm), ("learning_rate", learning_rate)):
+                               ("grad_norm", grad_norm), ("learning_rate", learning_rate),
+                               ("batch_size", batch_size)):
                 number = _finite(value)
                 if number is not None:
                     self._gauges[key] = number

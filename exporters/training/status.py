@@ -7,12 +7,13 @@ Status file: one JSON object, every field optional, unknown fields ignored:
      "samples_seen": 960, "run": "r1", "model": "m", "dataset": "d", "regime": "r",
      "current_file": "batch_07.jsonl", "batch": 3, "batches_total": 12,
      "model_parameters": 494032768, "model_trainable_parameters": 8798208,
-     "updated_at": "2026-01-05T10:00:00Z"}
+     "batch_size": 32, "updated_at": "2026-01-05T10:00:00Z"}
 
 Aliases: `status` for `state`, `current_step` for `step`, `total_steps` for `max_steps`.
 `updated_at` is unix seconds or ISO 8601 (without a zone: UTC). The parameter counts
 (`model_parameters`, `model_trainable_parameters`, extending DESIGN's list for the MFU rule)
-are whole numbers >= 0.
+and `batch_size` (samples per optimizer step, extending it for seed 001's throughput by batch
+size) are whole numbers >= 0.
 
 Queue lines: a JSONL line is well formed when it is a JSON object whose `messages` is a
 non-empty list of {role, content} objects (role system, user, assistant or tool; content a
@@ -34,7 +35,7 @@ T = TypeVar("T")
 ALIASES = {"status": "state", "current_step": "step", "total_steps": "max_steps"}
 NUMBER_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "learning_rate",
                  "grad_norm", "tokens_seen", "samples_seen", "batch", "batches_total")
-COUNT_FIELDS = ("model_parameters", "model_trainable_parameters")
+COUNT_FIELDS = ("model_parameters", "model_trainable_parameters", "batch_size")
 TEXT_FIELDS = ("run", "model", "dataset", "regime", "current_file")
 TRAINER_STATES = ("idle", "training", "paused", "completed", "crashed")
 ROLES = ("system", "user", "assistant", "tool")

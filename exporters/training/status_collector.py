@@ -151,6 +151,7 @@ class StatusFileCollector:
             loss=numbers.get("loss"), grad_norm=numbers.get("grad_norm"),
             learning_rate=numbers.get("learning_rate"), tokens=numbers.get("tokens_seen"),
             samples=numbers.get("samples_seen"), timestamp=updated_at,
+            batch_size=numbers.get("batch_size"),
         )
         if "eval_loss" in numbers:
             self.metrics.evaluated({"eval_loss": numbers["eval_loss"]})

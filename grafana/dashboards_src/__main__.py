@@ -13,10 +13,11 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from . import evaluation, hardware, predictions, training
+from . import evaluation, hardware, overview, predictions, training
 from .common import to_json
 
 BUILDERS: dict[str, Callable[[], db.Dashboard]] = {
+    "overview": overview.build,
     "training": training.build,
     "hardware": hardware.build,
     "evaluation": evaluation.build,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from grafana_foundation_sdk.builders import (
     barchart,
     bargauge,
@@ -18,25 +20,38 @@ from grafana_foundation_sdk.builders import (
     stat,
     table,
     timeseries,
+    xychart,
 )
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import xychart as xm
+
+# What an efficiency panel says where the recording rules give nothing: a run whose
+# processes hold no GPU memory (a CPU run such as `make up`'s demo on a host without a GPU,
+# or no NVML) has no MFU and no energy per token, which is not a 0.
+NO_GPU_OF_RUN = "no GPU holds memory of this run"
 
 # Datasource uid as provisioned (grafana/provisioning/datasources/tunewatch.yml); panels
 # never name it directly but go through the `datasource` variable.
 PROMETHEUS_UID = "tunewatch-prometheus"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-RUNBOOK = "https://github.com/tunewatch/tunewatch/blob/main/docs/runbook.md"
+# The runbook's address: the rules source's runbook_base_url (prometheus/rules_src/
+# config.yml), so that the dashboards' links and every alert's runbook_url agree.
+RULES_SOURCE = Path(__file__).resolve().parents[2] / "prometheus" / "rules_src" / "config.yml"
+RUNBOOK = str(yaml.safe_load(RULES_SOURCE.read_text())["runbook_base_url"])
 DASHBOARD_TAG = "tunewatch"
 UIDS = {
+    "overview": "tunewatch-overview",
     "training": "tunewatch-training",
     "hardware": "tunewatch-hardware",
     "evaluation": "tunewatch-evaluation",
     "predictions": "tunewatch-predictions",
 }
+# Grafana keeps the time range in a link that carries this (and the run as var-run).
+TIME_RANGE = "${__url_time_range}"
 GREEN, YELLOW, RED = "green", "yellow", "red"
 
 PanelBuilder = Any  # the SDK's panel builders share no public base type
@@ -76,6 +91,19 @@ def runbook_link(anchor: str, title: str = "Runbook") -> db.DashboardLink:
     """A panel link to one section of docs/runbook.md (the alert of the same name)."""
     return (db.DashboardLink(title).type(dm.DashboardLinkType.LINK)
             .url(f"{RUNBOOK}#{anchor}").target_blank(True))
+
+
+def dashboard_url(key: str, **variables: str) -> str:
+    """The path of a tunewatch dashboard with the chosen run, the time range and
+    `variables` (name -> value, Grafana interpolates `${...}` in them)."""
+    query = "&".join(["var-run=${run}", *(f"var-{k}={v}" for k, v in variables.items()),
+                      TIME_RANGE])
+    return f"/d/{UIDS[key]}?{query}"
+
+
+def to_dashboard(key: str, title: str) -> db.DashboardLink:
+    """A panel link to another tunewatch dashboard, same run and time range."""
+    return db.DashboardLink(title).type(dm.DashboardLinkType.LINK).url(dashboard_url(key))
 
 
 def dashboard_links() -> list[db.DashboardLink]:
@@ -179,6 +207,46 @@ def bar_chart(title: str, description: str, unit: str, targets: list[prom.Dataqu
     panel = _common(barchart.Panel(), title, description, unit, thr, targets, None)
     return (panel.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
             .x_field(x_field).min(0).max(1))
+
+
+def xy_chart(title: str, description: str, unit: str, targets: list[prom.Dataquery],
+             thr: db.ThresholdsConfig, x: str, y: str, color: str,
+             links: list[db.DashboardLink] | None = None) -> xychart.Panel:
+    """Points of field `y` against field `x`, coloured by field `color` (fields named by
+    their legends): the queries' series joined on time, one point per instant."""
+    def field(name: str) -> xychart.MatcherConfig:
+        return xychart.MatcherConfig().id("byName").options(name)
+
+    joined = xychart.MatcherConfig().id("byIndex").options(0)  # the one joined frame
+    series = (xychart.XYSeriesConfig()
+              .frame(xychart.XychartXYSeriesConfigFrame().matcher(joined))
+              .x(xychart.XychartXYSeriesConfigX().matcher(field(x)))
+              .y(xychart.XychartXYSeriesConfigY().matcher(field(y)))
+              .color(xychart.XychartXYSeriesConfigColor().matcher(field(color))))
+    panel = _common(xychart.Panel(), title, description, unit, thr, targets, links)
+    return (panel.with_transformation(dm.DataTransformerConfig(
+                id_val="joinByField", options={"byField": "Time", "mode": "outer"}))
+            .mapping(xm.SeriesMapping.MANUAL).series([series]).show(xm.XYShowMode.POINTS))
+
+
+def matrix_table(title: str, description: str, unit: str, query: prom.Dataquery,
+                 thr: db.ThresholdsConfig, rows: str, columns: str,
+                 cell_link: tuple[str, str] | None = None) -> table.Panel:
+    """An instant query as a matrix: one row per value of label `rows`, one column per
+    value of label `columns`, each cell coloured by the thresholds. cell_link: (title, url)
+    of a data link on every cell (not the row names); `${__data.fields[0]}` is the row's
+    label value and `${__field.name}` the column's."""
+    panel = _common(table.Panel(), title, description, unit, thr, [query], None)
+    panel = panel.with_transformation(dm.DataTransformerConfig(
+        id_val="groupingToMatrix",
+        options={"rowField": rows, "columnField": columns, "valueField": "Value"}))
+    panel = panel.cell_options(cm.TableColoredBackgroundCellOptions())
+    if cell_link:
+        link = {"title": cell_link[0], "url": cell_link[1], "targetBlank": False}
+        # Column names are label values; the first column holds the row names.
+        panel = panel.override_by_regexp(f"^(?!{rows}).*", [
+            dm.DynamicConfigValue(id_val="links", value=[link])])
+    return panel
 
 
 def heatmap_panel(title: str, description: str, unit: str, targets: list[prom.Dataquery],

@@ -3,20 +3,28 @@
 Why it joins on run_info: the evaluator's measurement series carry no `run` label (one
 evaluator serves one run, DESIGN section 9); `tunewatch_eval_run_info{run}` names it, so
 every query keeps only the evaluators of the chosen run with `and on (job, instance)`.
-The evaluator publishes marginals (per pattern, per length bucket), not cross-products, so
-the seeds' pattern x length heatmap is drawn as two heatmaps over checkpoints.
+Breakdowns are the evaluator's marginals (regime, source, pattern, length bucket) over
+every evaluated example, plus the two cross-products DESIGN section 9 allows: the seeds'
+pattern x length heatmap (a colour-coded matrix whose cells open the Predictions dashboard
+on that pattern and length bucket) and the reliability diagram per difficulty (repeated
+over the `difficulty` variable).
 """
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from .common import (
     Layout,
     bar_chart,
+    bar_gauge,
+    dashboard_url,
     datasource_variable,
     heatmap_panel,
+    matrix_table,
     new_dashboard,
     query_variable,
     runbook_link,
@@ -24,12 +32,20 @@ from .common import (
     table_panel,
     target,
     thresholds,
+    to_dashboard,
     ts,
 )
 
 RUN = ' and on (job, instance) tunewatch_eval_run_info{run="$run"}'
 EVAL_HOSTS = 'group by (host) (tunewatch_eval_run_info{run="$run"})'
 TABLE_HIDDEN = ["Time", "__name__", "job", "instance", "host", "role"]
+ALL = 'difficulty="all"'  # the whole suite's series
+# seed 001's heatmap colours: red below 60%, yellow to 80%, green above.
+SEED_HEATMAP = thresholds(0.8, 0.6, higher_is_worse=False)
+EXACT = thresholds(0.5, 0.2, higher_is_worse=False)
+# A Predictions link from a pattern x length cell: the row's pattern, the column's bucket.
+PREDICTIONS_CELL = dashboard_url("predictions", pattern="${__data.fields[0]}",
+                                 length_bucket="${__field.name}")
 
 
 def of_run(expr: str) -> str:
@@ -44,6 +60,10 @@ def build() -> db.Dashboard:
                       "calibration, regressions, ranking, breakdowns, throughput.")
     d.with_variable(datasource_variable())
     d.with_variable(query_variable("run", "Run", "label_values(tunewatch_eval_run_info, run)"))
+    d.with_variable(query_variable(
+        "difficulty", "Difficulty",
+        "label_values(tunewatch_eval_difficulty_calibration_bin_examples, difficulty)",
+        multi=True, include_all=True))
     lay = Layout(d)
     regression_map = dm.ValueMap(options={
         "0": dm.ValueMappingResult(text="OK", color="green", index=0),
@@ -84,6 +104,17 @@ def build() -> db.Dashboard:
                                "failures", instant=True)],
                        thresholds(1, 3), [runbook_link("evaluatorfailing")]), 4, 4)
 
+    quality_rows(lay)
+    calibration_rows(lay)
+    failures_row(lay)
+    breakdowns_row(lay)
+    inference_server_row(lay)
+    return d
+
+
+def quality_rows(lay: Layout) -> None:
+    """Exact match (with its interval), normalized match, cross-entropy, ECE, the
+    reliability diagram and the ranking, across checkpoints."""
     lay.row("Quality across checkpoints")
     lay.add(ts("Exact match per difficulty", "Exact match rate of each evaluated checkpoint "
                "by difficulty (all = whole suite), with the step of the checkpoint evaluated "
@@ -122,8 +153,120 @@ def build() -> db.Dashboard:
                          target(of_run("tunewatch_eval_ranking_exact_match_ratio"),
                                 "exact match", "C", instant=True, table_format=True)],
                         thresholds(2, 3), TABLE_HIDDEN, sort_by="Value #A"), 8, 8)
+    lay.add(ts("Exact match with its Wilson interval", "Exact match of the whole suite "
+               "with its Wilson interval (evaluator.confidence_level) shaded: a change "
+               "inside the band may be noise; the regression test pairs the examples.",
+               "percentunit",
+               [target(of_run(f"tunewatch_eval_exact_match_ratio{{{ALL}}}"), "exact match"),
+                target(of_run(f"tunewatch_eval_exact_match_low_ratio{{{ALL}}}"), "low", "B"),
+                target(of_run(f"tunewatch_eval_exact_match_high_ratio{{{ALL}}}"), "high",
+                       "C")],
+               EXACT, [runbook_link("evalregression")], 0, 1)
+            .override_by_name("high", [
+                dm.DynamicConfigValue(id_val="custom.fillBelowTo", value="low"),
+                dm.DynamicConfigValue(id_val="custom.fillOpacity", value=25),
+                dm.DynamicConfigValue(id_val="custom.lineWidth", value=0)])
+            .override_by_name("low", [
+                dm.DynamicConfigValue(id_val="custom.lineWidth", value=0)]), 12, 8)
+    lay.add(ts("Normalized match per difficulty", "Match after lower-casing, collapsing "
+               "whitespace, removing punctuation and evaluator.normalize_regexes; well above "
+               "exact match means the answers are right but formatted differently.",
+               "percentunit",
+               [target(of_run("tunewatch_eval_normalized_match_ratio"), "{{difficulty}}")],
+               EXACT, min_val=0, max_val=1), 12, 8)
 
+
+def calibration_rows(lay: Layout) -> None:
+    """The reliability diagram of each difficulty, and the Brier score."""
+    lay.row("Calibration per difficulty")
+    lay.add(bar_chart("Reliability diagram ($difficulty)", "Per confidence bin, within one "
+                      "difficulty: the exact match rate and the mean confidence (a "
+                      "calibrated model has equal bars). Repeated for each difficulty.",
+                      "percentunit",
+                      [target(of_run("tunewatch_eval_difficulty_calibration_bin_accuracy_ratio"
+                                     '{difficulty="$difficulty"}'),
+                              "accuracy", instant=True, table_format=True),
+                       target(of_run("tunewatch_eval_difficulty_calibration_bin_confidence_"
+                                     'ratio{difficulty="$difficulty"}'),
+                              "confidence", "B", instant=True, table_format=True)],
+                      EXACT, "bin").repeat("difficulty").repeat_direction("h")
+            .max_per_row(4), 6, 8, copies=4)
+    lay.add(ts("Brier score per difficulty", "Mean of (answer confidence - correct)^2: 0 is "
+               "a perfect, confident model; 0.25 what a constant 50% confidence scores.",
+               "none",
+               [target(of_run("tunewatch_eval_brier_score"), "{{difficulty}}")],
+               thresholds(0.15, 0.25), [runbook_link("evalcalibrationdegraded")], 0, 1),
+            12, 8)
+    lay.add(ts("Think-tag rate per difficulty", "Share of answers with a <think> block "
+               "(seed 000's has_thinking_tags): for a regime that thinks, a fall means the "
+               "model stopped reasoning; for one that does not, any is a leak.",
+               "percentunit",
+               [target(of_run("tunewatch_eval_think_tag_ratio"), "{{difficulty}}")],
+               thresholds(0.5, 0.9), min_val=0, max_val=1), 12, 8)
+
+
+def failures_row(lay: Layout) -> None:
+    """How the wrong answers fail, the contracts, the hard examples, the next data mix."""
+    lay.row("Failures, contracts and the next data round")
+    lay.add(ts("Failure modes across checkpoints", "Wrong answers of the whole suite by "
+               "failure mode (empty, truncated, contract violation, wrong content), stacked, "
+               "at each evaluated checkpoint.", "short",
+               [target(of_run(f"tunewatch_eval_failed_examples{{{ALL}}}"), "{{failure_mode}}")],
+               thresholds(90, 95, percentage=True), [runbook_link("evalregression")], 0)
+            .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+            .fill_opacity(40), 8, 8)
+    lay.add(ts("Contract pass rate per difficulty", "Answers that honour their regime's "
+               "output contract (evaluator.contracts: required prefix, stop marker); absent "
+               "without contracts.", "percentunit",
+               [target(of_run("tunewatch_eval_contract_pass_ratio"), "{{difficulty}}")],
+               thresholds(0.95, 0.8, higher_is_worse=False), min_val=0, max_val=1), 8, 8)
+    lay.add(ts("Hard examples per checkpoint", "Wrong answers each evaluated checkpoint "
+               "appended to the hard-example files (<state_dir>/hard_examples/), per "
+               "difficulty: the next data round's material.", "short",
+               [target(of_run("tunewatch_eval_hard_examples"), "{{difficulty}}")],
+               thresholds(90, 95, percentage=True), min_val=0)
+            .draw_style(cm.GraphDrawStyle.BARS), 8, 8)
+    lay.add(bar_gauge("Recommended curriculum mix", "Share of the next data round per "
+                      "difficulty: more where exact match is low, at least "
+                      "evaluator.curriculum_min_share each.", "percentunit",
+                      [target(of_run("tunewatch_eval_curriculum_mix_ratio"),
+                              "{{difficulty}}", instant=True)],
+                      thresholds(1.01, 1.02), 0, 1), 8, 6)
+    lay.add(stat_panel("Prediction recording cost", "Estimated generation time of the "
+                       "prediction rows recorded per checkpoint and over the whole run "
+                       "(predictions.sample_size; docs/predictions.md).", "s",
+                       [target(of_run("tunewatch_eval_predictions_cost_checkpoint_seconds"),
+                               "per checkpoint", instant=True),
+                        target(of_run("tunewatch_eval_predictions_cost_run_seconds"),
+                               "per run", "B", instant=True)],
+                       thresholds(600, 3600),
+                       [to_dashboard("predictions", "Predictions")]), 8, 6)
+
+
+def breakdowns_row(lay: Layout) -> None:
+    """Exact match by regime, source, pattern and length bucket; throughput; energy."""
     lay.row("Breakdowns and throughput")
+    lay.add(matrix_table("Exact match by pattern x prompt length", "Exact match of the "
+                         "latest checkpoint per pattern (rows, at most evaluator.max_patterns; "
+                         "the rest as `other`) and prompt length in tokens (columns), over "
+                         "every example. Green above 80%, red below 60% (seed 001). A cell "
+                         "opens the Predictions dashboard on that pattern and length.",
+                         "percentunit",
+                         target(of_run("tunewatch_eval_pattern_length_exact_match_ratio"),
+                                "{{pattern}} {{length_bucket}}", instant=True,
+                                table_format=True),
+                         SEED_HEATMAP, "pattern", "length_bucket",
+                         ("Predictions of this pattern and length", PREDICTIONS_CELL)),
+            12, 8)
+    lay.add(ts("Exact match by regime", "Exact match per regime (emoji_think, regime3, "
+               "plain_sft, ... or as derived by evaluator.derive_labels) across checkpoints.",
+               "percentunit",
+               [target(of_run("tunewatch_eval_regime_exact_match_ratio"), "{{regime}}")],
+               EXACT, min_val=0, max_val=1), 6, 8)
+    lay.add(ts("Exact match by source", "Exact match per source pool (fixed_eval, train, "
+               "failures, ...) across checkpoints.", "percentunit",
+               [target(of_run("tunewatch_eval_source_exact_match_ratio"), "{{source}}")],
+               EXACT, min_val=0, max_val=1), 6, 8)
     lay.add(heatmap_panel("Exact match by pattern across checkpoints", "Exact match rate "
                           "per pattern (rows) over time (one column per evaluation).",
                           "percentunit",
@@ -154,8 +297,6 @@ def build() -> db.Dashboard:
                [target(f"host:tunewatch_eval_energy_per_example:joules and on (host) "
                        f"{EVAL_HOSTS}", "{{host}}")],
                thresholds(90, 95, percentage=True), min_val=0), 12, 8)
-    inference_server_row(lay)
-    return d
 
 
 def inference_server_row(lay: Layout) -> None:

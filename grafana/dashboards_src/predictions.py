@@ -8,7 +8,10 @@ strings with `:sqlstring` (quotes escaped) and the role can only read.
 
 Three parts, as issue 9 asks: the latest preview (prompt, golden, answer, match), the
 history with the CLI's filters (run, steps, time, dataset, difficulty, regime, source,
-match), and one example followed across checkpoints.
+pattern, prompt-length bucket, match), and one example followed across checkpoints, with
+where its answer changed (seed 002's diff across epochs): `lag()` over the example's
+checkpoints, as `tunewatch predictions follow` marks it. The Evaluation dashboard's
+pattern x length cells link here with `pattern` and `length_bucket` set.
 """
 
 from __future__ import annotations
@@ -36,14 +39,31 @@ PG_TYPE = "grafana-postgresql-datasource"
 PG_DS = dm.DataSourceRef(type_val=PG_TYPE, uid="${datasource}")
 
 RUN = "run = ${run:sqlstring}"
+# The length bucket as the evaluator labels it (`0-50`, `200+`; evaluator.length_buckets):
+# its low and high edges read from the text, so any configured edges work; `any` is all.
+# substring() gives NULL (never an error) for text without digits, so `any` plans safely.
+BUCKET = "${length_bucket:sqlstring}"
+LENGTH_FILTER = (f"({BUCKET} = 'any' OR (prompt_tokens >= coalesce(substring({BUCKET} "
+                 f"from '^([0-9]+)')::int, 0) AND (substring({BUCKET} from '-([0-9]+)') IS "
+                 f"NULL OR prompt_tokens < substring({BUCKET} from '-([0-9]+)')::int)))")
 FILTERS = (f"{RUN} AND $__timeFilter(created_at)"
            " AND dataset IN (${dataset:sqlstring}) AND difficulty IN (${difficulty:sqlstring})"
            " AND regime IN (${regime:sqlstring}) AND source IN (${source:sqlstring})"
+           " AND pattern IN (${pattern:sqlstring})"
            " AND step BETWEEN ${step_from:sqlstring}::int AND ${step_to:sqlstring}::int"
-           " AND (${match:sqlstring} = 'any' OR exact_match = (${match:sqlstring} = 'yes'))")
+           " AND (${match:sqlstring} = 'any' OR exact_match = (${match:sqlstring} = 'yes'))"
+           f" AND {LENGTH_FILTER}")
 LATEST_STEP = f"(SELECT max(step) FROM predictions WHERE {RUN})"
 MATCH_TEXT = "CASE WHEN exact_match THEN 'yes' WHEN normalized_match THEN 'normalized' " \
              "ELSE 'no' END AS match"
+# One example's checkpoints in order (per run): the window `lag()` compares along.
+ALONG = "(PARTITION BY run, example_key ORDER BY step)"
+CHANGE_TEXT = (f"CASE WHEN lag(answer) OVER {ALONG} IS NULL THEN 'first' "
+               f"WHEN lag(answer) OVER {ALONG} = answer THEN 'same' "
+               f"WHEN lag(exact_match) OVER {ALONG} = exact_match THEN 'changed' "
+               "WHEN exact_match THEN 'changed fixed' ELSE 'changed broken' END AS change")
+# Seed 001's preview statistics: exact match over the latest N predictions of the sample.
+WINDOWS = (20, 50, 100)
 
 
 @dataclass
@@ -93,12 +113,13 @@ def variables(d: db.Dashboard) -> None:
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC))
     for name, label in (("dataset", "Dataset"), ("difficulty", "Difficulty"),
-                        ("regime", "Regime"), ("source", "Source")):
+                        ("regime", "Regime"), ("source", "Source"), ("pattern", "Pattern")):
         d.with_variable(_variable(name, label, name))
     d.with_variable(db.CustomVariable("match").label("Match").values("any,yes,no")
                     .current(dm.VariableOption(selected=True, text="any", value="any")))
     for name, label, value in (("step_from", "From step", "0"),
-                               ("step_to", "To step", "1000000000")):
+                               ("step_to", "To step", "1000000000"),
+                               ("length_bucket", "Prompt length", "any")):
         d.with_variable(db.TextBoxVariable(name).label(label).default_value(value)
                         .current(dm.VariableOption(selected=True, text=value, value=value)))
     d.with_variable(
@@ -133,10 +154,29 @@ def build() -> db.Dashboard:
         "none", [Sql(f"SELECT {LATEST_STEP} AS step")], text, light=False)), 4, 8)
     lay.add(_pg(table_panel(
         "Latest preview", "The fixed sample at the latest recorded checkpoint: prompt, "
-        "golden answer, the model's answer and whether it matched.", "string",
+        "golden answer, the model's answer, whether it matched, its contract, "
+        "cross-entropy, tokens and generation time.", "string",
         [Sql(f"SELECT example_id, difficulty, prompt, golden, answer, {MATCH_TEXT}, "
-             f"failure_mode FROM predictions WHERE {RUN} AND sampled AND step = "
+             "failure_mode, contract_ok, cross_entropy, prompt_tokens, generated_tokens, "
+             f"generation_seconds FROM predictions WHERE {RUN} AND sampled AND step = "
              f"{LATEST_STEP} ORDER BY example_id")], text, exclude=[])), 16, 8)
+    lay.add(_pg(stat_panel(
+        "Sample exact match, last 20/50/100", "Exact match over the latest 20, 50 and 100 "
+        "recorded predictions of the fixed sample (seed 001's preview statistics; "
+        "`tunewatch predictions accuracy`).", "percentunit",
+        [Sql("SELECT avg(CASE WHEN exact_match THEN 1.0 ELSE 0.0 END) AS \"last "
+             f"{n}\" FROM (SELECT exact_match FROM predictions WHERE {RUN} AND sampled "
+             f"ORDER BY step DESC, id DESC LIMIT {n}) AS latest", ref)
+         for n, ref in zip(WINDOWS, "ABC", strict=True)], exact)), 8, 5)
+    lay.add(_pg(table_panel(
+        "Answers changed at the latest checkpoint", "Examples of the fixed sample whose "
+        "answer at the latest recorded checkpoint differs from their previous recorded "
+        "one, with the match now and whether it was fixed or broken.", "string",
+        [Sql(f"SELECT example_id, difficulty, previous_step, previous_answer, answer, "
+             f"{MATCH_TEXT}, change FROM (SELECT *, lag(step) OVER {ALONG} AS "
+             f"previous_step, lag(answer) OVER {ALONG} AS previous_answer, {CHANGE_TEXT} "
+             f"FROM predictions WHERE {RUN} AND sampled) AS along WHERE step = {LATEST_STEP} "
+             "AND change LIKE 'changed%' ORDER BY example_id")], text, exclude=[])), 16, 5)
 
     lay.row("History")
     lay.add(_pg(ts(
@@ -146,25 +186,44 @@ def build() -> db.Dashboard:
         [Sql(f"SELECT max(created_at) AS time, avg(CASE WHEN exact_match THEN 1.0 ELSE 0.0 "
              f"END) AS exact_match FROM predictions WHERE {FILTERS} AND sampled "
              "GROUP BY step ORDER BY 1", fmt="time_series")],
-        exact, min_val=0, max_val=1)), 24, 7)
+        exact, min_val=0, max_val=1)), 12, 7)
+    lay.add(_pg(ts(
+        "Changed answers per checkpoint", "Examples of the fixed sample (history filters "
+        "applied) whose answer differs from their previous recorded checkpoint, and of "
+        "those, how many became right (fixed) or wrong (broken).", "short",
+        [Sql("SELECT max(created_at) AS time, count(*) FILTER (WHERE answer <> previous) AS "
+             "changed, count(*) FILTER (WHERE exact_match AND NOT was_right) AS fixed, "
+             "count(*) FILTER (WHERE was_right AND NOT exact_match) AS broken FROM "
+             f"(SELECT *, lag(answer) OVER {ALONG} AS previous, lag(exact_match) OVER "
+             f"{ALONG} AS was_right FROM predictions WHERE {RUN} AND sampled) AS along "
+             f"WHERE {FILTERS} GROUP BY step ORDER BY 1", fmt="time_series")],
+        thresholds(1e12, 1e13), min_val=0)), 12, 7)
     lay.add(_pg(table_panel(
         "History", "Recorded predictions matching the filters above (run, steps, time "
         "range, dataset, difficulty, regime, source, match), newest first, at most 500 "
         "rows; `tunewatch predictions list` pages through all of them.", "string",
         [Sql(f"SELECT created_at AS time, step, example_id, dataset, difficulty, regime, "
-             f"source, {MATCH_TEXT}, failure_mode, answer, golden, cross_entropy "
-             f"FROM predictions WHERE {FILTERS} ORDER BY step DESC, example_id LIMIT 500")],
+             f"source, {MATCH_TEXT}, failure_mode, answer, golden, cross_entropy, pattern, "
+             f"prompt_tokens FROM predictions WHERE {FILTERS} ORDER BY step DESC, example_id "
+             "LIMIT 500")],
         text, exclude=[]).links([runbook_link("evalregression", "Runbook: EvalRegression")])),
         24, 10)
 
     lay.row("One example across checkpoints")
     lay.add(_pg(table_panel(
         "Example ${example}", "The chosen example (variable Example) at every recorded "
-        "checkpoint of the run, oldest first: how its answer changed with training.",
+        "checkpoint of the run, oldest first: how its answer changed with training. "
+        "`change` marks an answer different from the checkpoint before (and a match that "
+        "flipped: fixed, broken), as `tunewatch predictions follow` does.",
         "string",
-        [Sql(f"SELECT step, epoch, checkpoint, answer, {MATCH_TEXT}, failure_mode, "
-             f"cross_entropy, generated_tokens FROM predictions WHERE {RUN} "
-             "AND example_id = ${example:sqlstring} ORDER BY step")], text, exclude=[])),
+        [Sql(f"SELECT step, epoch, checkpoint, answer, {MATCH_TEXT}, {CHANGE_TEXT}, "
+             f"failure_mode, cross_entropy, generated_tokens FROM predictions WHERE {RUN} "
+             "AND example_id = ${example:sqlstring} ORDER BY step")], text, exclude=[])
+        .override_by_name("change", [
+            dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+            dm.DynamicConfigValue(id_val="mappings", value=[{
+                "type": "regex", "options": {"pattern": "changed.*", "result": {
+                    "color": "orange", "index": 0}}}])])),
         16, 9)
     lay.add(_pg(ts(
         "Example cross-entropy", "Teacher-forced cross-entropy of the chosen example's "
@@ -172,4 +231,12 @@ def build() -> db.Dashboard:
         [Sql("SELECT created_at AS time, cross_entropy FROM predictions WHERE "
              f"{RUN} AND example_id = ${{example:sqlstring}} AND $__timeFilter(created_at) "
              "ORDER BY 1", fmt="time_series")], thresholds(2.0, 4.0))), 8, 9)
+    lay.add(_pg(table_panel(
+        "Recorded checkpoints", "Every checkpoint with recorded predictions (history "
+        "filters applied): its epoch, how many rows and their exact match (seed 002's "
+        "epochs list).", "none",
+        [Sql("SELECT step, max(epoch) AS epoch, max(checkpoint) AS checkpoint, count(*) AS "
+             "predictions, avg(CASE WHEN exact_match THEN 1.0 ELSE 0.0 END) AS exact_match "
+             f"FROM predictions WHERE {FILTERS} GROUP BY step ORDER BY step DESC")],
+        text, exclude=[])), 24, 7)
     return d

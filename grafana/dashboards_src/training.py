@@ -1,19 +1,23 @@
-"""Training run dashboard: one run's summary bar, loss, throughput, ETAs, efficiency (MFU,
-joules per token) and data queue.
+"""Training run dashboard: one run's summary bar, loss, throughput, ETAs, batch size against
+GPU memory, efficiency (MFU, joules per token), the data queue and the host's swap.
 
 Why recorded series: trends, rates, ETAs and baselines are recording rules
 (prometheus/rules/training.rules.yml, DESIGN section 3), so the dashboard, the alerts and
 anyone querying Prometheus see the same numbers. Raw series are only used for facts
 (state, model, current file). The run is chosen by the `run` variable; the GPU light
-follows the run to its host through the `host` target label.
+follows the run to its host through the `host` target label, and so do the queue panels
+(the host exporter's files collector, which serves callback and sidecar runs alike) and the
+swap panel (node_exporter).
 """
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
 
 from .common import (
+    NO_GPU_OF_RUN,
     Layout,
     bar_gauge,
     datasource_variable,
@@ -24,6 +28,7 @@ from .common import (
     target,
     thresholds,
     ts,
+    xy_chart,
 )
 
 R = 'run="$run"'
@@ -35,6 +40,13 @@ STATE_LIGHT = " or ".join(
     for level, states in enumerate(("training|completed", "idle|paused",
                                     "crashed|stale|unknown")))
 RUN_HOSTS = f"group by (host) (tunewatch_training_step{{{R}}})"
+# Throughput: tokens/s, or samples/s where the trainer counts no tokens (seed 001's axis).
+THROUGHPUT = (f"run:tunewatch_training_tokens:rate5m{{{R}}} or "
+              f"run:tunewatch_training_samples:rate5m{{{R}}}")
+# The trainer's GPU memory: its processes on the training hosts (not an evaluator of the
+# same run), each at its highest within the interval, summed.
+TRAINER_MEMORY = ("sum by (run) (max_over_time(tunewatch_gpu_process_memory_used_bytes"
+                  f'{{{R}, role!="eval"}}[$__rate_interval]))')
 
 
 def build() -> db.Dashboard:
@@ -143,6 +155,7 @@ def build() -> db.Dashboard:
                 target(f"tunewatch_training_learning_rate{{{R}}}", "learning rate", "B")],
                thresholds(10, 100)), 12, 8)
 
+    batch_size_row(lay)
     lay.row("Efficiency")
     lay.add(ts("Model FLOPs utilisation", "Share of the run's GPUs' peak the model's own "
                "FLOPs use: 6 x parameters x tokens/s over the summed dense BF16 peak of the "
@@ -150,13 +163,15 @@ def build() -> db.Dashboard:
                "docs/efficiency.md). Absent without a token count, a parameter count or a "
                "known board.", "percentunit",
                [target(f"run:tunewatch_training_mfu:ratio{{{R}}}", "MFU")],
-               thresholds(0.3, 0.1, higher_is_worse=False), min_val=0), 9, 8)
+               thresholds(0.3, 0.1, higher_is_worse=False), min_val=0)
+            .no_value(NO_GPU_OF_RUN), 9, 8)
     lay.add(ts("Joules per token", "Energy the run's GPUs drew per training token: their "
                "power (5m rate of the energy counters) over tokens per second. Lower is "
                "better; idle GPUs of the run count too.", "joule",
                [target(f"run:tunewatch_training_energy_per_token:joules{{{R}}}",
                        "J/token")],
-               thresholds(90, 95, percentage=True), min_val=0), 9, 8)
+               thresholds(90, 95, percentage=True), min_val=0)
+            .no_value(NO_GPU_OF_RUN), 9, 8)
     lay.add(stat_panel("Peak of the run's GPUs", "Summed dense BF16 tensor-core peak of the "
                        "GPUs that hold memory of the run's processes: MFU's denominator "
                        "(tunewatch_gpu_peak_flops, from the board's datasheet).", "flops",
@@ -184,16 +199,81 @@ def build() -> db.Dashboard:
                       [target(f"tunewatch_training_batch{{{R}}} / "
                               f"tunewatch_training_batches{{{R}}}", "batch", instant=True)],
                       thresholds(1.01, 1.02), 0, 1), 6, 4)
-    lay.add(bar_gauge("Queue depth per priority", "Queued JSONL files waiting for training, "
-                      "per priority; an empty queue stalls the run.", "short",
-                      [target(f"tunewatch_training_queue_files{{{R}}}", "{{priority}}",
-                              instant=True)],
-                      thresholds(1, 3, higher_is_worse=False)), 6, 4)
+    lay.add(bar_gauge("Queue depth per priority", "Queued JSONL files waiting for training "
+                      "on the run's host, per priority (the host exporter's files collector, "
+                      "what DataQueueLow reads); an empty queue stalls the run.", "short",
+                      [target(f"sum by (priority) (tunewatch_files_queue_files and on (host) "
+                              f"{RUN_HOSTS})", "{{priority}}", instant=True)],
+                      thresholds(2, 1, higher_is_worse=False)), 6, 4)
     lay.add(ts("Queued examples per priority", "Examples in the queued files, and lines "
-               "that are not valid ChatML (they will be skipped or break the trainer).",
+               "that are not valid ChatML (they will be skipped or break the trainer); the "
+               "sidecar reads the files, a callback run leaves this empty.",
                "short",
                [target(f"tunewatch_training_queue_examples{{{R}}}", "{{priority}} examples"),
                 target(f"tunewatch_training_queue_malformed_lines{{{R}}}",
                        "{{priority}} malformed", "B")],
                thresholds(90, 95, percentage=True), [runbook_link("dataqueuelow")]), 6, 8)
+    queue_and_host_row(lay)
     return d
+
+
+def batch_size_row(lay: Layout) -> None:
+    """Seed 001's throughput against GPU memory, for choosing a batch size."""
+    lay.row("Batch size and GPU memory")
+    lay.add(xy_chart("Throughput vs trainer GPU memory by batch size", "Each point: the "
+                     "run's throughput (tokens/s, or samples/s without a token count) "
+                     "against the trainer processes' peak GPU memory, coloured by the batch "
+                     "size (samples per optimizer step). Try batch sizes: the best is the "
+                     "highest throughput that leaves memory headroom.", "short",
+                     [target(THROUGHPUT, "throughput"),
+                      target(TRAINER_MEMORY, "trainer GPU memory", "B"),
+                      target(f"tunewatch_training_batch_size{{{R}}}", "batch size", "C")],
+                     thresholds(90, 95, percentage=True), "trainer GPU memory", "throughput",
+                     "batch size", [runbook_link("gpumemorynearlyfull")])
+            .override_by_name("trainer GPU memory", [
+                dm.DynamicConfigValue(id_val="unit", value="bytes")]), 12, 9)
+    lay.add(ts("Batch size, throughput and GPU memory", "The same three series over time: "
+               "batch size (samples per optimizer step, from the callback or the status "
+               "file's batch_size), throughput and the trainer processes' peak GPU memory "
+               "(right axis).", "short",
+               [target(f"tunewatch_training_batch_size{{{R}}}", "batch size"),
+                target(THROUGHPUT, "throughput", "B"),
+                target(TRAINER_MEMORY, "trainer GPU memory", "C")],
+               thresholds(90, 95, percentage=True), min_val=0).override_by_query(
+                   "C", [dm.DynamicConfigValue(id_val="unit", value="bytes"),
+                         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]),
+            12, 9)
+
+
+def queue_and_host_row(lay: Layout) -> None:
+    """The queue's bytes and age (files collector), the epoch, and the host's swap."""
+    lay.add(ts("Queue bytes and newest file age", "Bytes of the queued files per priority "
+               "and the age of the newest one (right axis): a queue that stops growing "
+               "means the data generator stopped.", "bytes",
+               [target(f"sum by (priority) (tunewatch_files_queue_bytes and on (host) "
+                       f"{RUN_HOSTS})", "{{priority}} bytes"),
+                target(f"max by (priority) (time() - "
+                       f"tunewatch_files_queue_newest_file_timestamp_seconds and on (host) "
+                       f"{RUN_HOSTS})", "{{priority}} newest file age", "B")],
+               thresholds(90, 95, percentage=True),
+               [runbook_link("dataqueuelow")]).override_by_query(
+                   "B", [dm.DynamicConfigValue(id_val="unit", value="s"),
+                         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]),
+            8, 8)
+    lay.add(ts("Queue filesystem free", "Bytes free on the filesystem of each queue "
+               "directory of the run's host; DiskNearlyFull fires below 5 GiB.", "bytes",
+               [target(f"min by (priority) (tunewatch_files_queue_filesystem_free_bytes and "
+                       f"on (host) {RUN_HOSTS})", "{{priority}}")],
+               thresholds(10 * 2**30, 5 * 2**30, higher_is_worse=False),
+               [runbook_link("disknearlyfull")], 0), 5, 8)
+    lay.add(ts("Epoch", "Epochs completed (fractional), from the Trainer or the status "
+               "file.", "none",
+               [target(f"tunewatch_training_epoch{{{R}}}", "epoch")],
+               thresholds(1e6, 1e7), min_val=0), 5, 8)
+    lay.add(ts("Host swap", "Swap in use on the run's hosts (node_exporter) and its size: "
+               "a trainer host that swaps slows every step.", "bytes",
+               [target(f"node_memory_SwapTotal_bytes - node_memory_SwapFree_bytes and on "
+                       f"(host) {RUN_HOSTS}", "{{host}} used"),
+                target(f"node_memory_SwapTotal_bytes and on (host) {RUN_HOSTS}",
+                       "{{host}} size", "B")],
+               thresholds(2**30, 4 * 2**30), min_val=0), 6, 8)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         # Through the inference server, each checkpoint must be the served one in turn:
         # remote.activate switches it (otherwise the second is refused as the wrong model).
-        suite = load_suite(Path(ev.data), ev.files)
+        suite = load_suite(Path(ev.data), ev.files, ev.derive_labels)
         a = chosen.evaluate(args.checkpoint_a, ev, suite=suite, limit=args.limit)
         b = chosen.evaluate(args.checkpoint_b, ev, suite=suite, limit=args.limit)
     except EvaluationError as exc:

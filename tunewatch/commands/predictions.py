@@ -6,7 +6,7 @@ newcomer debugging a run over SSH wants one command. Every action reads the stor
 and Grafana's read-only role), `prune` (retention) and `flush` (the spool).
 
     tunewatch predictions list --run demo --difficulty hard --match no --limit 20 --page 2
-    tunewatch predictions follow easy-007 --run demo
+    tunewatch predictions follow easy-007 --run demo      # marks where the answer changed
     tunewatch predictions accuracy --run demo              # exact match, last 20/50/100
     tunewatch predictions export --format csv --output preds.csv --step-min 200
     tunewatch predictions init-db --grafana-role tunewatch_grafana \\
@@ -29,6 +29,7 @@ from evaluators.predictions.export import dump_csv, dump_jsonl
 from evaluators.predictions.query import (
     accuracy_text,
     follow,
+    follow_jsonl,
     follow_text,
     page,
     page_text,
@@ -70,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=20, help="rows per page (default 20)")
     p.add_argument("--page", type=int, default=1, help="page number, from 1")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    p = sub.add_parser("follow", help="one example across checkpoints, oldest step first")
+    p = sub.add_parser("follow", help="one example across checkpoints, oldest step first, "
+                                      "marking where its answer changed")
     p.add_argument("example_id", help="the example's id (as `list` shows it)")
     p.add_argument("--run", default=None)
     p.add_argument("--json", action="store_true")
@@ -139,7 +141,7 @@ def _follow(store: Store, args: argparse.Namespace) -> int:
                   f" in run {args.run!r}" if args.run else "")
         return 1
     if args.json:
-        dump_jsonl(rows, sys.stdout)
+        follow_jsonl(rows, sys.stdout)
         return 0
     sys.stdout.write(follow_text(rows))
     return 0

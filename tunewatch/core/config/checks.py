@@ -26,6 +26,7 @@ from tunewatch.core.config.sections import (
 )
 
 COMPOSITE_PARTS = frozenset({"exact_match", "likelihood", "calibration", "contract"})
+DERIVED_LABELS = frozenset({"pattern", "regime", "source"})
 REMOTE_PREFIX = "evaluator.remote"
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 URL_SCHEMES = ("http://", "https://")
@@ -164,6 +165,10 @@ def _evaluator_rules(ev: EvaluatorConfig) -> list[Rule]:
         Rule("evaluator.normalize_regexes", all(_compiles(r) for r in ev.normalize_regexes),
              "every entry must be a valid Python regular expression"),
         Rule("evaluator.stop_strings", all(ev.stop_strings), "entries must be non-empty strings"),
+        Rule("evaluator.derive_labels",
+             set(ev.derive_labels) <= DERIVED_LABELS
+             and all(_compiles(d.regex) for d in ev.derive_labels.values()),
+             f"keys must be among {sorted(DERIVED_LABELS)}, every regex valid Python"),
         Rule("evaluator.composite_weights",
              set(weights) <= COMPOSITE_PARTS and all(w >= 0 for w in weights.values()),
              f"keys must be among {sorted(COMPOSITE_PARTS)}, weights >= 0"),
