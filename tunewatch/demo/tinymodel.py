@@ -289,8 +289,10 @@ def train(
     seed: int,
     spec: TinyModelSpec,
     callbacks: Sequence[Any] = (),
+    use_cpu: bool = True,
 ) -> Any:
-    """Train with the real transformers Trainer, saving checkpoint-<step>/ every save_steps."""
+    """Train with the real transformers Trainer, saving checkpoint-<step>/ every save_steps
+    (on the CPU unless `use_cpu` is false: then where the Trainer finds an accelerator)."""
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
@@ -306,7 +308,7 @@ def train(
         weight_decay=0.0,
         seed=seed,
         data_seed=seed,
-        use_cpu=True,
+        use_cpu=use_cpu,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,

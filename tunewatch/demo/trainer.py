@@ -105,6 +105,21 @@ def training_callback(cfg: Config, listen_address: str) -> PrometheusCallback:
     return callback
 
 
+def demo_uses_cpu(device: str) -> bool:
+    """demo.device as the Trainer's use_cpu: auto trains on a CUDA GPU when torch sees one,
+    so that on a GPU host the demo run holds GPU memory and its MFU and energy per token
+    are live (prometheus/rules/efficiency.rules.yml); cuda without one is an error."""
+    import torch
+
+    if device == "cpu":
+        return True
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise UsageError("demo.device is cuda, but torch sees no CUDA GPU "
+                         "(set demo.device: auto or cpu)")
+    return not available
+
+
 def train_demo(cfg: Config, settings: DemoSettings) -> PrometheusCallback:
     """Write the suite, train the tiny model with the callback, and return the callback,
     whose server keeps serving the finished run's state (`completed`) until the process
@@ -118,13 +133,15 @@ def train_demo(cfg: Config, settings: DemoSettings) -> PrometheusCallback:
     tokenizer = tinymodel.build_tokenizer(spec, pairs)
     model = tinymodel.build_model(spec, tokenizer, cfg.demo.seed)
     callback = training_callback(cfg, settings.listen_address)
-    log.info("demo: training %d steps, a checkpoint every %d, into %s", settings.max_steps,
-             settings.save_steps, checkpoints)
+    use_cpu = demo_uses_cpu(cfg.demo.device)
+    log.info("demo: training %d steps on the %s, a checkpoint every %d, into %s",
+             settings.max_steps, "CPU" if use_cpu else "GPU", settings.save_steps, checkpoints)
     tinymodel.train(
         model, tokenizer, pairs, checkpoints, max_steps=settings.max_steps,
         save_steps=settings.save_steps, seed=cfg.demo.seed, spec=spec,
         callbacks=[callback, PaceCallback(settings.step_delay_seconds),
                    DegradeCallback(checkpoints, callback.metrics, cfg)],
+        use_cpu=use_cpu,
     )
     log.info("demo: training finished; serving the final state until stopped")
     return callback
