@@ -7,8 +7,19 @@ teacher forcing (cross-entropy) batch by batch, and any failure raises Evaluatio
 instead of returning a default.
 
 Batching: examples are grouped by regime (each regime may have its own stop marker) and sorted
-by prompt length so that left padding wastes little; a batch that runs out of memory is split
-in half and retried, down to one example, and the smaller size is kept for the rest.
+by prompt length, then golden answer length, so that left padding (generation) and right
+padding (the golden answers scored after the prompts) waste little; outcomes come back in the
+suite's order. A batch that runs out of memory is split in half and retried, down to one
+example, and the smaller size is kept for the rest.
+
+Context guard: with a backend that knows its model's context length (the local one), an
+example whose prompt plus max_new_tokens (or plus its golden answer, if longer) needs more
+positions than the model has is not evaluated: it is listed with the reason among the
+suite's skipped lines (and counted there), never run into an index error or cut silently.
+
+Quick mode (`evaluate_checkpoint(..., quick=True)`, `tunewatch eval-once --quick`): exact
+match, failure modes, confidence and calibration, no teacher-forced pass (cross-entropy
+absent, as with an inference server that only generates). The daemon never uses it.
 """
 
 from __future__ import annotations
@@ -26,11 +37,12 @@ from typing import Any
 
 from evaluators.backends.base import (
     BackendOutOfMemoryError,
+    BoundedContext,
     Generation,
     GenerationBackend,
     GoldenScore,
 )
-from evaluators.data import Example, SkippedLine, Suite, load_suite, quick_subset
+from evaluators.data import Example, Message, SkippedLine, Suite, load_suite, quick_subset
 from evaluators.errors import EvaluationError
 from evaluators.outcomes import ExampleOutcome, GroupStats, length_bucket, summarize
 from evaluators.scoring import Contract, answer_confidence, answer_token_mask, judge
@@ -64,6 +76,7 @@ class RunInfo:
     started_at: float
     duration_seconds: float
     examples_per_second: float
+    quick: bool = False  # quick mode: no teacher-forced pass, cross-entropy absent
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,11 @@ class _Planned:
 class _Pass:
     """The batch loop of one evaluation (state: current batch size, OOM retries)."""
 
-    def __init__(self, backend: GenerationBackend, cfg: EvaluatorConfig) -> None:
+    def __init__(self, backend: GenerationBackend, cfg: EvaluatorConfig,
+                 quick: bool = False) -> None:
         self.backend = backend
         self.cfg = cfg
+        self.quick = quick
         self.batch_size = cfg.batch_size
         self.oom_retries = 0
         self.regexes = [re.compile(r) for r in cfg.normalize_regexes]
@@ -112,10 +127,8 @@ class _Pass:
         return stops
 
     def plan(self, examples: Sequence[Example]) -> deque[_Planned]:
-        """Examples grouped by regime, then by prompt length, so batches pad little."""
-        planned = [_Planned(e, self.backend.prompt_tokens(e.prompt)) for e in examples]
-        planned.sort(key=lambda p: (p.example.regime, p.prompt_tokens))
-        return deque(planned)
+        """Examples in batch order (`batch_order`)."""
+        return deque(batch_order(self.backend, examples))
 
     def next_batch(self, queue: deque[_Planned]) -> list[_Planned]:
         batch = [queue.popleft()]
@@ -130,12 +143,21 @@ class _Pass:
         prompts = [p.example.prompt for p in batch]
         stops = self.stops_for(batch[0].example.regime)
         generations = self.backend.generate(prompts, self.cfg.max_new_tokens, stops)
-        scores = self.backend.score(prompts, [p.example.golden for p in batch])
+        goldens = [p.example.golden for p in batch]
+        scores = self.golden_counts(prompts, goldens) if self.quick else self.backend.score(
+            prompts, goldens)
         if len(generations) != len(batch) or len(scores) != len(batch):
             raise EvaluationError("backend", "backend returned a different number of results")
         return [
             self.outcome(p, g, s) for p, g, s in zip(batch, generations, scores, strict=True)
         ]
+
+    def golden_counts(self, prompts: Sequence[Sequence[Message]],
+                      goldens: Sequence[str]) -> list[GoldenScore]:
+        """Quick mode: the golden answers' token counts, no likelihood."""
+        if isinstance(self.backend, BoundedContext):
+            return [GoldenScore(None, self.backend.golden_tokens(g)) for g in goldens]
+        return [GoldenScore(None, s.tokens) for s in self.backend.score(prompts, goldens)]
 
     def run(self, examples: Sequence[Example], progress: Any) -> list[ExampleOutcome]:
         queue = self.plan(examples)
@@ -214,6 +236,60 @@ class _Pass:
         return text, 0
 
 
+def batch_order(backend: GenerationBackend, examples: Sequence[Example]) -> list[_Planned]:
+    """Examples grouped by regime, then sorted by prompt length and golden answer length
+    (characters: the order only needs to be close), so that a batch pads little on either
+    side; the content key breaks ties, so the same examples in any order form the same
+    batches and get the same answers."""
+    planned = [_Planned(e, backend.prompt_tokens(e.prompt)) for e in examples]
+    planned.sort(key=lambda p: (p.example.regime, p.prompt_tokens, len(p.example.golden),
+                                p.example.key))
+    return planned
+
+
+def regime_batches(backend: GenerationBackend, examples: Sequence[Example],
+                   batch_size: int) -> list[list[Example]]:
+    """The batches an evaluation forms at `batch_size` (no out-of-memory retry): the
+    benchmarks run a plain generate loop over exactly these, so answers can be compared."""
+    batches: list[list[Example]] = []
+    for planned in batch_order(backend, examples):
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and last[0].regime == planned.example.regime:
+            last.append(planned.example)
+        else:
+            batches.append([planned.example])
+    return batches
+
+
+def fit_context(
+    backend: GenerationBackend, examples: Sequence[Example], max_new_tokens: int
+) -> tuple[list[Example], list[SkippedLine]]:
+    """The examples that fit the model's context, and the others as skipped lines with the
+    reason (the module docstring's context guard). A backend that does not know its
+    model's context length (the remote one) keeps every example."""
+    if not isinstance(backend, BoundedContext) or backend.context_length is None:
+        return list(examples), []
+    limit = backend.context_length
+    kept: list[Example] = []
+    refused: list[SkippedLine] = []
+    for example in examples:
+        prompt = backend.prompt_tokens(example.prompt)
+        golden = backend.golden_tokens(example.golden)
+        needed = prompt + max(max_new_tokens, golden)
+        if needed <= limit:
+            kept.append(example)
+            continue
+        file, _, line = example.origin.rpartition(":")
+        refused.append(SkippedLine(
+            file or example.origin, int(line) if line.isdigit() else 0,
+            f"not evaluated: prompt of {prompt} tokens + max(max_new_tokens {max_new_tokens},"
+            f" golden {golden} tokens) needs {needed} positions, the model has {limit}"))
+    if refused:
+        log.warning("%d example(s) left out: longer than the model's context of %d positions"
+                    " (first: %s)", len(refused), limit, refused[0].where())
+    return kept, refused
+
+
 def _progress(total: int, show: bool | None) -> Any:
     """A tqdm bar on a terminal only: logs and pipes get no carriage-return noise."""
     from tqdm import tqdm
@@ -228,13 +304,15 @@ def evaluate_examples(
     cfg: EvaluatorConfig,
     *,
     show_progress: bool | None = None,
+    quick: bool = False,
 ) -> tuple[list[ExampleOutcome], RunInfo]:
-    """The one pass over `examples` with an already loaded backend."""
+    """The one pass over `examples` with an already loaded backend (`quick`: no
+    teacher-forced pass, golden answers only counted)."""
     if not examples:
         raise EvaluationError("data", "nothing to evaluate: the suite is empty")
     started = time.time()
     clock = time.perf_counter()
-    loop = _Pass(backend, cfg)
+    loop = _Pass(backend, cfg, quick)
     with _progress(len(examples), show_progress) as bar:
         outcomes = loop.run(examples, bar)
     elapsed = time.perf_counter() - clock
@@ -244,7 +322,7 @@ def evaluate_examples(
         backend=backend.description, batch_size=cfg.batch_size,
         final_batch_size=loop.batch_size, oom_retries=loop.oom_retries,
         max_new_tokens=cfg.max_new_tokens, think=cfg.think, started_at=started,
-        duration_seconds=elapsed, examples_per_second=len(outcomes) / elapsed,
+        duration_seconds=elapsed, examples_per_second=len(outcomes) / elapsed, quick=quick,
     )
     return outcomes, info
 
@@ -267,17 +345,27 @@ def evaluate_with_backend(
     step: int | None,
     limit: int | None = None,
     show_progress: bool | None = None,
+    quick: bool = False,
 ) -> EvalResult:
-    """Evaluate an already loaded backend on a loaded suite (for any backend kind)."""
-    examples = select_examples(suite, limit)
-    outcomes, info = evaluate_examples(backend, examples, cfg, show_progress=show_progress)
+    """Evaluate an already loaded backend on a loaded suite (for any backend kind).
+
+    Examples longer than the model's context are left out and listed as skipped lines
+    (`fit_context`); if that leaves none, the evaluation fails (reason data).
+    """
+    selected = select_examples(suite, limit)
+    examples, refused = fit_context(backend, selected, cfg.max_new_tokens)
+    if selected and not examples:
+        raise EvaluationError("data", f"none of the {len(selected)} examples fits the model's"
+                              f" context: {refused[0].reason}")
+    outcomes, info = evaluate_examples(backend, examples, cfg, show_progress=show_progress,
+                                       quick=quick)
     overall, breakdowns = summarize(
         outcomes, bins=cfg.calibration_bins, confidence_level=cfg.confidence_level,
         weights=cfg.composite_weights,
     )
     summary = SuiteSummary(
         files=suite.files, examples=len(examples), available=len(suite.examples),
-        duplicates=suite.duplicates, skipped=list(suite.skipped), limit=limit,
+        duplicates=suite.duplicates, skipped=[*suite.skipped, *refused], limit=limit,
     )
     return EvalResult(checkpoint, step, summary, info, overall, breakdowns, outcomes)
 
@@ -287,7 +375,8 @@ def suite_for(cfg: EvaluatorConfig, suite: Suite | None,
     """`suite` if given, else the one read from `data_dir`, else from cfg.data."""
     if suite is not None:
         return suite
-    return load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files)
+    return load_suite(Path(data_dir if data_dir is not None else cfg.data), cfg.files,
+                      cfg.derive_labels)
 
 
 # evaluate_checkpoint's signature, or a function standing in for it (the remote evaluator's
@@ -303,23 +392,26 @@ def evaluate_checkpoint(
     data_dir: Path | str | None = None,
     limit: int | None = None,
     show_progress: bool | None = None,
+    quick: bool = False,
 ) -> EvalResult:
     """Evaluate one checkpoint directory with the local transformers backend.
 
     The suite is read first (from `suite`, else `data_dir`, else cfg.data) so that a data
     problem is reported before a model is loaded; the model is loaded once and released at
     the end. Raises EvaluationError (with a bounded `reason`) when nothing can be measured.
+    quick: no teacher-forced pass (cross-entropy absent; eval-once --quick only).
     """
     from evaluators.backends.local import LocalBackend
 
     suite = suite_for(cfg, suite, data_dir)
     backend, info = LocalBackend.load(
-        checkpoint, device=cfg.device, dtype=cfg.dtype, no_chat_template=cfg.no_chat_template
+        checkpoint, device=cfg.device, dtype=cfg.dtype, no_chat_template=cfg.no_chat_template,
+        teacher_forcing=not quick,
     )
     try:
         return evaluate_with_backend(
             backend, suite, cfg, checkpoint=str(info.path), step=info.step, limit=limit,
-            show_progress=show_progress,
+            show_progress=show_progress, quick=quick,
         )
     finally:
         backend.close()

@@ -12,6 +12,10 @@ interface is small and speaks in chat messages and texts, never in tensors:
   answer after its prompt (for cross-entropy); None where the backend cannot compute it
   (remote.py: a server that only generates), so that the figure is absent.
 
+A backend that knows its model's context length (local.py) also satisfies `BoundedContext`:
+`context_length` and `golden_tokens(golden)`, so that the evaluation can leave out, with a
+reason, the examples that would run past the model's positions.
+
 A backend raises `BackendOutOfMemoryError` when a batch does not fit, so that the caller can halve
 the batch and retry, and `EvaluationError` for anything that ends the evaluation. `stop_cut`
 and `first_line` are shared so that every backend ends answers and words errors alike.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from evaluators.data import Message
 
@@ -75,6 +79,19 @@ class GenerationBackend(Protocol):
     ) -> list[GoldenScore]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BoundedContext(Protocol):
+    """A backend whose model has a known number of positions (None: unknown, unbounded).
+
+    An example fits when its prompt tokens plus max(max_new_tokens, its golden tokens) are
+    at most `context_length` (evaluate.fit_context).
+    """
+
+    context_length: int | None
+
+    def golden_tokens(self, golden: str) -> int: ...
 
 
 def stop_cut(text: str, stops: Sequence[str]) -> int | None:

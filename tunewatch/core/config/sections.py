@@ -203,6 +203,20 @@ class ContractConfig:
 
 
 @dataclass
+class DerivedLabel:
+    """Where a messages-only suite's `pattern`, `regime` or `source` comes from (a record's
+    own field always wins; docs/evaluation.md).
+
+    take: file (the suite file's name without `.jsonl`) | id (the example's `id` field).
+    regex: searched in it; the group named `value`, else group 1, else the whole match is
+    the label. Empty: the whole name. A name it does not match keeps `unspecified`.
+    """
+
+    take: Literal["file", "id"] = "file"
+    regex: str = ""
+
+
+@dataclass
 class RegressionConfig:
     """When a drop counts as a regression (DESIGN section 9)."""
 
@@ -271,6 +285,9 @@ class EvaluatorConfig(ServerSection):
     contracts: per regime, a ContractConfig.
     calibration_bins: confidence bin edges from 0.0 to 1.0 (the seeds' bins by default).
     length_buckets: prompt-length bucket edges in tokens (0-50, 50-100, 100-200, 200+).
+    derive_labels: per label (pattern, regime, source), a DerivedLabel read from the file
+    name or the id where records lack the field. max_patterns: distinct patterns published
+    (the most frequent; the rest fold into `other`).
     confidence_level: of every Wilson interval.
     composite_weights: weights of exact_match, likelihood (exp(-CE)), calibration (1 - ECE)
     and contract (pass rate); parts that do not exist for a suite are left out.
@@ -303,6 +320,8 @@ class EvaluatorConfig(ServerSection):
         default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0]
     )
     length_buckets: list[int] = field(default_factory=lambda: [0, 50, 100, 200])
+    derive_labels: dict[str, DerivedLabel] = field(default_factory=dict)
+    max_patterns: int = at_least(20, 1, "the other patterns fold into `other`")
     confidence_level: float = in_range(0.95, 0.5, 1, open_ends=True)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     composite_weights: dict[str, float] = field(
@@ -356,7 +375,14 @@ class PredictionsConfig:
 
 @dataclass
 class StackConfig:
-    """`make up` / `tunewatch up`: the local stack on 127.0.0.1, data under `data_dir`."""
+    """`make up` / `tunewatch up`: the local stack on 127.0.0.1, data under `data_dir`.
+
+    Grafana runs when one of `grafana_bins` is on PATH (the first found; [] never), with its
+    data under `<data_dir>/grafana`, the provisioning rendered from `grafana_provisioning`
+    and the dashboards read from `grafana_dashboards`; `grafana_home` is its home directory
+    ("" = found from the binary). PostgreSQL (`postgres_port`) runs with it, for the
+    Predictions dashboard.
+    """
 
     data_dir: str = "var"
     prometheus_config: str = "prometheus/prometheus.yml"
@@ -365,19 +391,30 @@ class StackConfig:
     alertmanager_port: int = port_number(9093)
     node_exporter_port: int = port_number(9100)
     webhook_port: int = port_number(9948)
+    grafana_port: int = port_number(3000)
+    postgres_port: int = port_number(5432)
     scrape_interval_seconds: int = interval(5, "Prometheus' scrapes")
     prometheus_bin: str = "prometheus"
     alertmanager_bin: str = "prometheus-alertmanager"
     node_exporter_bin: str = "prometheus-node-exporter"
+    grafana_bins: list[str] = field(default_factory=lambda: ["grafana", "grafana-server"])
+    grafana_home: str = ""
+    grafana_provisioning: str = "grafana/provisioning"
+    grafana_dashboards: str = "grafana/dashboards"
     ready_timeout_seconds: float = positive(60.0)
     status_interval_seconds: float = interval(2.0, "the status display")
 
 
 @dataclass
 class DemoConfig:
-    """The built-in demo workload: a tiny real model trained on CPU."""
+    """The built-in demo workload: a tiny real model, trained on CPU unless `device` says.
+
+    device: auto trains on a CUDA GPU when torch sees one (so the demo run holds GPU memory
+    and its MFU and energy per token are live), else on CPU; cpu or cuda force one.
+    """
 
     enabled: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int = at_least(600, 1)
     save_steps: int = at_least(50, 1)
     seed: int = seed_value(0)
