@@ -318,6 +318,10 @@ class DcgmStandIn:
         self.server.server_close()
 
 
+# Batches of the status file's current file: more than a test session's steps reach.
+BATCHES_IN_FILE = 1_000_000
+
+
 class StatusWriter:
     """Advances the trainer's status file twice a second, as the seeds' daemon would."""
 
@@ -337,7 +341,9 @@ class StatusWriter:
             "loss": loss, "eval_loss": loss + 0.1, "learning_rate": 2e-4, "grad_norm": 1.5,
             "tokens_seen": step * 2048, "samples_seen": step * 8, "run": RUN,
             "model": "tiny-qwen3", "dataset": "dash-data", "current_file": "batch_07.jsonl",
-            "batch": step % 50, "batches_total": 50, "updated_at": time.time(),
+            # One long file whose batch only climbs: the ETA's rate (deriv over 5m) of a
+            # batch that wrapped every few seconds could come out negative, so absent.
+            "batch": step, "batches_total": BATCHES_IN_FILE, "updated_at": time.time(),
             "model_parameters": 494032768, "model_trainable_parameters": 8798208,
             "batch_size": BATCH_SIZE,
         }
