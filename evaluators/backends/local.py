@@ -10,8 +10,9 @@ What a batch costs, with a real vocabulary (Qwen3: 151,936 tokens) in mind:
 
 - Log-probabilities are recorded step by step (`_StepRecorder`): each step's raw logits are
   turned into one log-probability per row as soon as the token is chosen, so a batch keeps
-  batch x steps floats, never a full-vocabulary tensor per step (`output_logits=True` kept
-  batch x steps x vocabulary: 1.2 GB for 32 x 64 steps in float32).
+  batch x steps floats and one step's log-softmax, never a full-vocabulary tensor per step
+  (`output_logits=True` kept batch x steps x vocabulary: 1.2 GB for 32 x 64 steps in
+  float32).
 - The golden answers are scored after the prompt the generation already prefilled: the
   prompt's key/value cache from `generate` is cut back to the prompt and only the golden
   tokens run through the model (`score` right after `generate` on the same prompts). The
@@ -117,7 +118,7 @@ class _StepRecorder:
         self.chosen: list[Any] = []  # one batch x 1 tensor per step
         self._buffer: Any = None
 
-    def hook(self, _module: Any, _args: Any, _kwargs: Any, output: Any) -> None:
+    def hook(self, _module: Any, _args: Any, output: Any) -> None:
         self.raw = output.logits[:, -1]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -303,7 +304,7 @@ class LocalBackend(PromptRenderer):
                             f"a prompt plus max_new_tokens {max_new_tokens}")
         input_ids, mask = self._left_padded(rows)
         recorder = _StepRecorder(keep_first=self.teacher_forcing)
-        handle = self.model.register_forward_hook(recorder.hook, with_kwargs=True)
+        handle = self.model.register_forward_hook(recorder.hook)
         try:
             with torch.inference_mode():
                 out = self.model.generate(
