@@ -15,6 +15,58 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TUNEWATCH_TORCH_VERSION:-2.13.0}"
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
+# Debian's packages start their system services when installed on a host run by systemd: a
+# Prometheus on :9090, Alertmanager on :9093, node_exporter on :9100, PostgreSQL on :5432,
+# the very ports `make up` serves on, so the stack's first start would stop on a taken port.
+# The bootstrap installs these packages for their binaries. For the length of its apt-get
+# run it asks the packages' scripts not to start services (a policy-rc.d answering 101, as
+# Debian image builders do; one already there is left as it is), then disables the units
+# of the packages it installed, and says so. A package that was already installed, and its
+# service, are never touched.
+POLICY_RC=/usr/sbin/policy-rc.d
+OWN_POLICY=""
+SUDO=""
+declare -A UNITS=(
+    [prometheus]=prometheus.service
+    [prometheus-alertmanager]=prometheus-alertmanager.service
+    [prometheus-node-exporter]=prometheus-node-exporter.service
+    [postgresql]=postgresql.service
+    [victoria-metrics]=victoria-metrics.service
+)
+drop_policy() { if [ -n "$OWN_POLICY" ]; then $SUDO rm -f "$POLICY_RC"; OWN_POLICY=""; fi; }
+trap drop_policy EXIT
+systemd_host() { [ -d /run/systemd/system ]; }
+
+# apt_install [--quiet] PKG...: apt-get install (no recommends; --quiet: its errors too go
+# unprinted) with no service started meanwhile, then the installed packages' services
+# disabled (systemd hosts only).
+apt_install() {
+    local quiet=""
+    if [ "$1" = --quiet ]; then quiet=1; shift; fi
+    if systemd_host && [ ! -e "$POLICY_RC" ]; then
+        printf '#!/bin/sh\n# tunewatch scripts/bootstrap.sh: no service starts during its apt-get run\nexit 101\n' \
+            | $SUDO tee "$POLICY_RC" >/dev/null
+        $SUDO chmod 755 "$POLICY_RC"
+        OWN_POLICY=1
+    fi
+    local rc=0 install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+                        --no-install-recommends "$@")
+    if [ -n "$quiet" ]; then
+        $SUDO "${install[@]}" >/dev/null 2>&1 || rc=$?
+    else
+        $SUDO "${install[@]}" >/dev/null || rc=$?
+    fi
+    drop_policy
+    [ "$rc" -eq 0 ] || return "$rc"
+    systemd_host || return 0
+    local units=() pkg
+    for pkg in "$@"; do [ -n "${UNITS[$pkg]:-}" ] && units+=("${UNITS[$pkg]}"); done
+    [ "${#units[@]}" -gt 0 ] || return 0
+    $SUDO systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+    say "disabled the system services of the packages just installed (${units[*]}):" \
+        "make up runs its own on their ports; systemctl enable --now NAME brings one back"
+}
+
 postgres_present() {
     command -v postgres >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
 }
@@ -33,11 +85,10 @@ install_debian_packages() {
     local pkgs
     pkgs="$(missing_packages)"
     [ -z "$pkgs" ] && return 0
-    local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; fi
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; fi
     fi
-    if ! command -v apt-get >/dev/null || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
+    if ! command -v apt-get >/dev/null || { [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; }; then
         say "missing system packages: $pkgs"
         say "install them, then run this again, e.g. on Debian/Ubuntu as root:"
         say "  apt-get install --no-install-recommends $pkgs"
@@ -47,11 +98,9 @@ install_debian_packages() {
         exit 1
     fi
     say "installing Debian packages: $pkgs"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    # shellcheck disable=SC2086
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        $pkgs >/dev/null
+    apt_install $pkgs || { say "apt-get install $pkgs failed"; exit 1; }
     local still
     still="$(missing_packages)"
     if [ -n "$still" ]; then say "still missing after apt-get: $still"; exit 1; fi
@@ -95,11 +144,9 @@ install_optional_packages() {
     [ "${TUNEWATCH_BOOTSTRAP_OPTIONAL:-0}" = 1 ] || return 0
     command -v victoria-metrics >/dev/null && return 0
     [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null || return 0
-    if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        victoria-metrics >/dev/null 2>&1 \
+    if apt_install --quiet victoria-metrics \
         || { env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 \
-             && env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                    --no-install-recommends victoria-metrics >/dev/null 2>&1; }; then
+             && apt_install --quiet victoria-metrics; }; then
         say "installed the optional Debian package victoria-metrics (remote_write test)"
     else
         say "optional victoria-metrics not installable here; its test will be skipped"
