@@ -26,13 +26,15 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 POLICY_RC=/usr/sbin/policy-rc.d
 OWN_POLICY=""
 SUDO=""
-declare -A UNITS=(
-    [prometheus]=prometheus.service
-    [prometheus-alertmanager]=prometheus-alertmanager.service
-    [prometheus-node-exporter]=prometheus-node-exporter.service
-    [postgresql]=postgresql.service
-    [victoria-metrics]=victoria-metrics.service
-)
+# The packages this script installs whose Debian package ships a unit of the same name
+# (a case, not an associative array: macOS's bash 3.2 must still reach the "install these"
+# message).
+service_unit() {
+    case "$1" in
+        prometheus | prometheus-alertmanager | prometheus-node-exporter | postgresql \
+            | victoria-metrics) echo "$1.service" ;;
+    esac
+}
 drop_policy() { if [ -n "$OWN_POLICY" ]; then $SUDO rm -f "$POLICY_RC"; OWN_POLICY=""; fi; }
 trap drop_policy EXIT
 systemd_host() { [ -d /run/systemd/system ]; }
@@ -59,8 +61,11 @@ apt_install() {
     drop_policy
     [ "$rc" -eq 0 ] || return "$rc"
     systemd_host || return 0
-    local units=() pkg
-    for pkg in "$@"; do [ -n "${UNITS[$pkg]:-}" ] && units+=("${UNITS[$pkg]}"); done
+    local units=() pkg unit
+    for pkg in "$@"; do
+        unit="$(service_unit "$pkg")"
+        if [ -n "$unit" ]; then units+=("$unit"); fi
+    done
     [ "${#units[@]}" -gt 0 ] || return 0
     $SUDO systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
     say "disabled the system services of the packages just installed (${units[*]}):" \
