@@ -115,9 +115,11 @@ class ForwardWidths:
 
     def __init__(self, model) -> None:
         self.widths: list[int] = []
+        self.rows: list[int] = []
         self.handle = model.register_forward_pre_hook(self.record, with_kwargs=True)
 
     def record(self, _module, _args, kwargs) -> None:
+        self.rows.append(int(kwargs["input_ids"].shape[0]))
         self.widths.append(int(kwargs["input_ids"].shape[1]))
 
 
@@ -151,6 +153,77 @@ def test_cross_entropy_from_the_prefill_equals_torch_cross_entropy(checkpoint, b
         assert fast.tokens == slow.tokens == len(ids)
         assert fast.nll / fast.tokens == pytest.approx(ce, abs=CE_TOLERANCE)
         assert slow.nll / slow.tokens == pytest.approx(ce, abs=CE_TOLERANCE)
+
+
+def generated_goldens(backend: LocalBackend, chosen, generated) -> tuple[list[str], list[bool]]:
+    """Goldens for a mixed batch: even rows their own generation (where its text tokenizes
+    back to the generated ids, so the generation began with the golden tokens), the others
+    a golden the model never generates (its answer with words after it)."""
+    goldens, free = [], []
+    for i, (example, ids) in enumerate(zip(chosen, generated, strict=True)):
+        end = next((k for k, tok in enumerate(ids) if tok in backend.eos_ids), len(ids))
+        text = backend.tokenizer.decode(ids[:end], skip_special_tokens=False)
+        if i % 2 == 0 and text and backend.golden_ids(text) == ids[:end]:
+            goldens.append(text)
+            free.append(True)
+        else:
+            goldens.append(f"{example.golden} and then some more words")
+            free.append(False)
+    return goldens, free
+
+
+def test_rows_that_generated_their_golden_need_no_scoring_pass(checkpoint, backend, examples):
+    """A row whose generation began with its golden tokens is scored from the generation's
+    own log-probabilities (each step saw exactly the prefix teacher forcing feeds): only the
+    other rows run through the model, on the cache cut down to them, and every figure still
+    equals torch's cross_entropy over prompt + golden."""
+    chosen = examples[:8]
+    prompts = [e.prompt for e in chosen]
+    backend.generate(prompts, NEW_TOKENS, [])
+    assert backend._prefill is not None  # white box: the ids the rule compares
+    goldens, free = generated_goldens(backend, chosen, backend._prefill.generated)
+    assert any(free) and not all(free)
+    gold_ids = [backend.golden_ids(g) for g in goldens]
+    passes = ForwardWidths(backend.model)
+    try:
+        scores = backend.score(prompts, goldens)
+    finally:
+        passes.handle.remove()
+    through_model = [g for g, f in zip(gold_ids, free, strict=True) if not f]
+    assert set(passes.rows) == {len(through_model)}
+    assert sum(passes.widths) == max(len(g) for g in through_model) - 1
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    for prompt, score, ids in zip(prompts, scores, gold_ids, strict=True):
+        expected = reference_cross_entropy(tok, model, backend.encode_prompt(prompt), ids)
+        assert score.tokens == len(ids)
+        assert score.nll / score.tokens == pytest.approx(expected, abs=CE_TOLERANCE)
+
+    # Every row scored against its own generation: the rows whose text tokenizes back to
+    # the generated ids need nothing more, so only the others (if any) run through the model.
+    backend.generate(prompts, NEW_TOKENS, [])
+    assert backend._prefill is not None
+    generated = backend._prefill.generated
+    texts = []
+    for ids in generated:
+        end = next((k for k, tok in enumerate(ids) if tok in backend.eos_ids), len(ids))
+        texts.append(backend.tokenizer.decode(ids[:end], skip_special_tokens=False))
+    through_model = [i for i, (ids, text) in enumerate(zip(generated, texts, strict=True))
+                     if not text or ids[: len(backend.golden_ids(text))]
+                     != backend.golden_ids(text)]
+    passes = ForwardWidths(backend.model)
+    try:
+        own = backend.score(prompts, texts)
+    finally:
+        passes.handle.remove()
+    if through_model:
+        assert set(passes.rows) == {len(through_model)}
+    else:
+        assert passes.widths == []  # the whole batch answered as its goldens say: no pass
+    for i, was_free in enumerate(free):  # the same batch, the same generation: same figure
+        if was_free:
+            assert i not in through_model
+            assert own[i].nll == pytest.approx(scores[i].nll, abs=CE_TOLERANCE)
 
 
 def test_a_different_batch_is_not_scored_from_the_prefill(backend, examples):

@@ -17,8 +17,12 @@ What a batch costs, with a real vocabulary (Qwen3: 151,936 tokens) in mind:
   prompt's key/value cache from `generate` is cut back to the prompt and only the golden
   tokens run through the model (`score` right after `generate` on the same prompts). The
   first golden token's log-probability comes from the generation's first step, whose
-  distribution is the one after the prompt. Anything else (another batch, a cache that
-  cannot be cut back) scores with one forward pass of prompt + golden, as before.
+  distribution is the one after the prompt. A row whose generation began with its golden
+  tokens needs no pass at all: each of those steps ran on exactly the prompt + golden
+  prefix teacher forcing feeds, so the golden log-probabilities are the ones recorded while
+  generating (a model that answers right costs no scoring pass); only the other rows go
+  through the model, the cache cut down to them. Anything else (another batch, a cache
+  that cannot be cut back) scores with one forward pass of prompt + golden, as before.
 - Quick mode (`teacher_forcing=False`) keeps nothing for scoring: no cache, no cross-entropy.
 """
 
@@ -156,6 +160,25 @@ class _Prefill:
     mask: Any  # the left-padded prompts' attention mask, batch x width
     cache: Any  # the key/value cache, cut back to the prompts
     first: Any  # the generation's first log-softmax (after the prompt), batch x vocabulary
+    generated: list[list[int]]  # each row's generated tokens (padding after its end)
+    logprobs: list[list[float]]  # each generated token's log-probability (raw logits)
+
+    def select(self, indices: list[int]) -> _Prefill:
+        """Only these rows (the cache is cut down in place: a prefill is used once)."""
+        import torch
+
+        picked = torch.tensor(indices, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(picked)
+        return _Prefill(tuple(self.rows[i] for i in indices), self.mask[picked], self.cache,
+                        self.first[picked], [self.generated[i] for i in indices],
+                        [self.logprobs[i] for i in indices])
+
+    def generated_nll(self, row: int, gold: list[int]) -> float | None:
+        """The golden NLL from the generation itself, when the row generated exactly the
+        golden tokens first (each step then saw the prompt + golden prefix); else None."""
+        if not gold or self.generated[row][: len(gold)] != gold:
+            return None
+        return -sum(self.logprobs[row][: len(gold)])
 
 
 class LocalBackend(PromptRenderer):
@@ -326,17 +349,19 @@ class LocalBackend(PromptRenderer):
                 sequences = out.sequences if self.teacher_forcing else out
                 generated = sequences[:, input_ids.shape[1] :]
                 logprobs = recorder.finish(generated).cpu().tolist()
+                generated_rows = generated.tolist()
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
         finally:
             handle.remove()
         if self.teacher_forcing:
-            self._keep_prefill(rows, mask, out, recorder.first)
+            self._keep_prefill(rows, mask, out, recorder.first, generated_rows, logprobs)
         return [self._finish_row(row, lps, stops)
-                for row, lps in zip(generated.tolist(), logprobs, strict=True)]
+                for row, lps in zip(generated_rows, logprobs, strict=True)]
 
-    def _keep_prefill(self, rows: Sequence[list[int]], mask: Any, out: Any, first: Any) -> None:
+    def _keep_prefill(self, rows: Sequence[list[int]], mask: Any, out: Any, first: Any,
+                      generated: list[list[int]], logprobs: list[list[float]]) -> None:
         """Keep the prompts' cache for `score`, cut back to the prompts; only a plain dynamic
         cache can be (a sliding window or a recurrent state cannot go back)."""
         from transformers.cache_utils import DynamicLayer
@@ -349,7 +374,8 @@ class LocalBackend(PromptRenderer):
         extra = cache.get_seq_length() - mask.shape[1]
         if extra > 0:
             cache.crop(-extra)
-        self._prefill = _Prefill(tuple(tuple(r) for r in rows), mask, cache, first)
+        self._prefill = _Prefill(tuple(tuple(r) for r in rows), mask, cache, first, generated,
+                                 logprobs)
 
     def _finish_row(
         self, row: list[int], logprobs: list[float], stops: Sequence[str]
@@ -417,6 +443,19 @@ class LocalBackend(PromptRenderer):
                                                                       strict=True)]
 
     def _nll_after_prefill(self, prefill: _Prefill, gold_rows: Sequence[list[int]]) -> list[float]:
+        """Golden NLLs from the generation: rows that generated their golden tokens first
+        from its log-probabilities, the others through the model (`_nll_by_cache`) on the
+        prefill cut down to them."""
+        found = [prefill.generated_nll(i, gold) for i, gold in enumerate(gold_rows)]
+        todo = [i for i, nll in enumerate(found) if nll is None]
+        scored: dict[int, float] = {}
+        if todo:
+            rest = prefill if len(todo) == len(gold_rows) else prefill.select(todo)
+            scored = dict(zip(todo, self._nll_by_cache(rest, [gold_rows[i] for i in todo]),
+                              strict=True))
+        return [scored[i] if nll is None else nll for i, nll in enumerate(found)]
+
+    def _nll_by_cache(self, prefill: _Prefill, gold_rows: Sequence[list[int]]) -> list[float]:
         """Golden NLLs from the generation's prefill: the first token from the generation's
         first step, the rest from forward passes over the golden tokens only (right-padded
         after the prompts, GOLDEN_CHUNK positions a pass, continuing the cache)."""
