@@ -6,7 +6,9 @@ rendered from templates over it. A test written as "the queue holds
 `<< data_queue_min_files - 1 >>` files" keeps testing both sides of the boundary after the
 threshold changes, which a test with the number written out would not.
 
-Templates are the rule and test files with `<< python expression >>` placeholders; an
+Templates are the rule and test files with `<< python expression >>` placeholders, named
+`NAME.yml.tmpl` (rendered to NAME.yml): they are not rule files themselves, and a tool that
+checks every `*.yml` rule file it finds must not take them for rules. An
 expression sees the thresholds by name and the helpers in `helpers()` (`runbook("anchor")`
 builds `<runbook_base_url>#anchor`; `humanize`, `humanize1024`, `humanize_percentage` and
 `humanize_duration` format a number as Prometheus's template functions of those names do,
@@ -43,6 +45,7 @@ SOURCE = REPO / "prometheus" / "rules_src"
 DEFAULT_OUT = REPO / "prometheus"
 # Template directory under SOURCE -> output directory under --out (same file names).
 KINDS = ("rules", "tests")
+TEMPLATE_SUFFIX = ".tmpl"  # rules_src/rules/x.yml.tmpl renders rules/x.yml
 PLACEHOLDER = re.compile(r"<<\s*(.+?)\s*>>")
 # Integral floats below this render as integers (float64 holds every integer up to 2^53).
 EXACT_INTEGER_LIMIT = 2.0**53
@@ -259,14 +262,15 @@ def render(source: Source, source_dir: Path = SOURCE) -> dict[str, str]:
     out: dict[str, str] = {}
     used: set[str] = set()
     for kind in KINDS:
-        for template in sorted((source_dir / kind).glob("*.yml")):
+        for template in sorted((source_dir / kind).glob(f"*.yml{TEMPLATE_SUFFIX}")):
             text = render_text(template.read_text(encoding="utf-8"), source,
                                str(template), used)
             try:
                 yaml.load(text, Loader=YAML_LOADER)  # a safe loader (C or Python)
             except yaml.YAMLError as exc:
                 raise RulesError(f"{template}: renders to invalid YAML: {exc}") from exc
-            out[f"{kind}/{template.name}"] = header(template, source_dir) + text
+            out[f"{kind}/{template.name.removesuffix(TEMPLATE_SUFFIX)}"] = (
+                header(template, source_dir) + text)
     unused = sorted(set(source.thresholds) - used)
     if unused:
         raise RulesError(f"thresholds no template reads: {', '.join(unused)}")
@@ -280,7 +284,8 @@ def stale_files(rendered: Mapping[str, str], out: Path) -> list[str]:
     for kind in KINDS:
         for path in sorted((out / kind).glob("*.yml")):
             if f"{kind}/{path.name}" not in rendered:
-                stale.append(f"{path} (no template in prometheus/rules_src/{kind}/)")
+                stale.append(f"{path} (no {path.name}{TEMPLATE_SUFFIX} in"
+                             f" prometheus/rules_src/{kind}/)")
     return stale
 
 
