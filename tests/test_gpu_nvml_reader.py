@@ -11,12 +11,14 @@ The last tests use the real pynvml on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -353,16 +355,25 @@ def test_process_describer_reads_run_and_rank_from_the_environment():
     assert ProcessDescriber().describe(child.pid) == ("", "", "", "")
 
 
-def _closed_to_others(*paths: Path) -> Path | None:
-    """The first directory on the way to `paths` that other users cannot search, if any
-    (a checkout under a private `mktemp -d`, for instance)."""
-    import stat
-
+@contextlib.contextmanager
+def _searchable_by_others(*paths: Path) -> Iterator[None]:
+    """Let other users search (not list) every directory on the way to `paths` for the
+    length of the block, restoring each mode after: a checkout under a private `mktemp -d`
+    must still be importable by the unprivileged child. Only the others' execute bit
+    changes, only where it was missing."""
+    opened: dict[Path, int] = {}
     for path in paths:
         for directory in [path.resolve(), *path.resolve().parents]:
-            if not directory.stat().st_mode & stat.S_IXOTH:
-                return directory
-    return None
+            mode = directory.stat().st_mode
+            if directory not in opened and not mode & stat.S_IXOTH:
+                opened[directory] = stat.S_IMODE(mode)
+    try:
+        for directory, mode in opened.items():
+            directory.chmod(mode | stat.S_IXOTH)
+        yield
+    finally:
+        for directory, mode in opened.items():
+            directory.chmod(mode)
 
 
 def test_process_describer_without_access_keeps_the_name(repo_root: Path):
@@ -370,16 +381,16 @@ def test_process_describer_without_access_keeps_the_name(repo_root: Path):
     code = ("from exporters.collectors.gpu.processes import ProcessDescriber; "
             "print(repr(ProcessDescriber().describe(1)))")
     command = [sys.executable, "-c", code]
+    access: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root without setpriv: cannot drop privileges to be denied")
-        closed = _closed_to_others(repo_root, Path(sys.prefix))
-        if closed is not None:
-            pytest.skip(f"{closed} is not searchable by other users: the unprivileged "
-                        "child could not import the checkout or its venv")
+        access = _searchable_by_others(repo_root, Path(sys.prefix),
+                                       Path(sys.executable).resolve())
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(repo_root)})
+    with access:
+        done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True,
+                              check=False, env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert done.returncode == 0, done.stderr
     name, run, rank, local_rank = eval(done.stdout)
     assert name != ""
