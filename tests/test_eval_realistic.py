@@ -155,6 +155,12 @@ def test_cross_entropy_from_the_prefill_equals_torch_cross_entropy(checkpoint, b
         assert slow.nll / slow.tokens == pytest.approx(ce, abs=CE_TOLERANCE)
 
 
+def generation_text(backend: LocalBackend, ids: list[int]) -> str:
+    """A generated row's text up to its first EOS."""
+    end = next((k for k, tok in enumerate(ids) if tok in backend.eos_ids), len(ids))
+    return backend.tokenizer.decode(ids[:end], skip_special_tokens=False)
+
+
 def generated_goldens(backend: LocalBackend, chosen, generated) -> tuple[list[str], list[bool]]:
     """Goldens for a mixed batch: each row but the second its own generation, where that
     text tokenizes back to the generated ids (so the generation began with the golden
@@ -162,9 +168,8 @@ def generated_goldens(backend: LocalBackend, chosen, generated) -> tuple[list[st
     generates (its answer with words after it)."""
     goldens, free = [], []
     for i, (example, ids) in enumerate(zip(chosen, generated, strict=True)):
-        end = next((k for k, tok in enumerate(ids) if tok in backend.eos_ids), len(ids))
-        text = backend.tokenizer.decode(ids[:end], skip_special_tokens=False)
-        if i != 1 and text and backend.golden_ids(text) == ids[:end]:
+        text = generation_text(backend, ids)
+        if i != 1 and text and ids[: len(backend.golden_ids(text))] == backend.golden_ids(text):
             goldens.append(text)
             free.append(True)
         else:
@@ -205,10 +210,7 @@ def test_rows_that_generated_their_golden_need_no_scoring_pass(checkpoint, backe
     backend.generate(prompts, NEW_TOKENS, [])
     assert backend._prefill is not None
     generated = backend._prefill.generated
-    texts = []
-    for ids in generated:
-        end = next((k for k, tok in enumerate(ids) if tok in backend.eos_ids), len(ids))
-        texts.append(backend.tokenizer.decode(ids[:end], skip_special_tokens=False))
+    texts = [generation_text(backend, ids) for ids in generated]
     through_model = [i for i, (ids, text) in enumerate(zip(generated, texts, strict=True))
                      if not text or ids[: len(backend.golden_ids(text))]
                      != backend.golden_ids(text)]
