@@ -10,13 +10,18 @@ and the evaluator daemon deploys its best checkpoint and publishes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from inference_server import InferenceServer
@@ -24,7 +29,7 @@ from inference_server import InferenceServer
 from evaluators.backends.remote import model_id_for
 from evaluators.daemon import Daemon
 from evaluators.remote.client import InferenceClient, RemoteStats
-from evaluators.remote.deploy import Deployer, read_history
+from evaluators.remote.deploy import Deployer, history_lock, read_history
 from tunewatch.core.config import Config
 
 RUN = "demo"
@@ -35,13 +40,21 @@ def mid(path: Path) -> str:
     return model_id_for(Config().evaluator.remote, RUN, path, None)
 
 
-@pytest.fixture()
-def server(tiny_run, tmp_path) -> Iterator[InferenceServer]:
-    """The server as the seeds had it: the base model (here: the first checkpoint) active."""
-    srv = InferenceServer(tmp_path / "server", checkpoint=tiny_run.checkpoints[0],
+@pytest.fixture(scope="module")
+def shared_server(tiny_run, tmp_path_factory) -> Iterator[InferenceServer]:
+    """One server for the module (starting one loads torch: seconds)."""
+    srv = InferenceServer(tmp_path_factory.mktemp("server"), checkpoint=tiny_run.checkpoints[0],
                           model_id=BASE).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture()
+def server(shared_server) -> InferenceServer:
+    """The server as the seeds had it: the base model (here: the first checkpoint) active.
+    Models an earlier test registered stay registered, as on a real server."""
+    client_for(shared_server.url).set_active(BASE)
+    return shared_server
 
 
 def client_for(url: str) -> InferenceClient:
@@ -119,6 +132,72 @@ def test_activation_between_start_and_first_deploy_is_not_the_previous_model(
     client.set_active(mid(c100))
     assert deployer.deploy(mid(c200), c200, 200) is False  # still best, but rolled back
     assert client.active_model() == BASE
+
+
+def lines_until(stream: IO[str], needle: str, timeout: float) -> list[str]:
+    """Lines read from `stream` (in a thread: a pipe read has no timeout) until one holds
+    `needle`; what was read when the stream ended or `timeout` ran out otherwise."""
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            found.put(line)
+        found.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(needle in line for line in lines):
+        with contextlib.suppress(queue.Empty):
+            line = found.get(timeout=0.1)
+            if line is None:
+                break
+            lines.append(line)
+    return lines
+
+
+def test_a_rollback_during_a_deployment_waits_and_undoes_that_deployment(
+    server, tiny_run, tmp_path
+) -> None:
+    """Rule: a rollback from another process never interleaves with a deployment; started
+    while one is in progress, it waits for it and rolls back what that deployment made."""
+    client = client_for(server.url)
+    history = tmp_path / "deployments.jsonl"
+    c200, c300 = tiny_run.checkpoints[1], tiny_run.checkpoints[2]
+    assert Deployer(client, history).deploy(mid(c200), c200, 200) is True
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
+    with history_lock(history):  # the daemon's deployment of checkpoint 300, in progress
+        rollback = subprocess.Popen(
+            [sys.executable, "-m", "tunewatch", "deploy", "rollback", "--url", server.url,
+             "--history", str(history)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert rollback.stderr is not None
+        said = lines_until(rollback.stderr, "waiting for another process", timeout=60)
+        assert any("waiting for another process" in line for line in said), said
+        assert rollback.poll() is None
+        client.register(mid(c300), str(c300), "step300,tunewatch,best")  # as deploy() does
+        client.set_active(mid(c300))
+        with history.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"at": time.time(), "action": "deploy", "model_id": mid(c300),
+                                 "step": 300, "checkpoint": c300.name, "path": str(c300),
+                                 "previous": mid(c200)}) + "\n")
+    out, err = rollback.communicate(timeout=60)
+    assert rollback.returncode == 0, err
+    assert f"serves {mid(c200)} again (rolled back {mid(c300)})" in out
+    assert client.active_model() == mid(c200)
+    assert [r["action"] for r in read_history(history).records] == [
+        "deploy", "deploy", "rollback"]
+
+
+def test_a_history_that_cannot_be_locked_changes_nothing(tmp_path) -> None:
+    """The lock file cannot be made (its directory is a file): counted as history_write
+    before the server is asked anything (this one is down: no remote failure)."""
+    (tmp_path / "not-a-dir").write_text("")
+    deployer = Deployer(client_for("http://127.0.0.1:9"), tmp_path / "not-a-dir" / "h.jsonl")
+    checkpoint = tmp_path / "checkpoint-200"
+    checkpoint.mkdir()
+    deployer.deploy_quietly(mid(checkpoint), checkpoint, 200)
+    assert deployer.failures == {"remote": 0, "checkpoint_missing": 0, "history_write": 1}
 
 
 def test_a_missing_checkpoint_or_a_down_server_is_counted(server, tiny_run, tmp_path) -> None:

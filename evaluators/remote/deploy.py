@@ -16,17 +16,24 @@ deployment replaced. A rolled-back model id is not deployed again automatically 
 decided against it); a later, better checkpoint is. `tunewatch deploy status` and
 `tunewatch deploy rollback` read the same file (docs/remote.md): `deploy_target` is the
 server and history they act on, `status` what they print.
+
+The daemon deploys and a person rolls back from another process: each change holds an
+exclusive lock on `<history>.lock` (flock) from reading the history to appending its record,
+so a rollback started during a deployment waits for it and undoes it, instead of acting on
+the history as it was before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +49,8 @@ DEPLOY_FAILURE_REASONS = ("remote", "checkpoint_missing", "history_write")
 
 
 class DeployError(Exception):
-    """A rollback that cannot be done (nothing deployed, nothing before it)."""
+    """A rollback that cannot be done (nothing deployed, nothing before it), or a change
+    whose history cannot be locked."""
 
 
 def history_path(ev: EvaluatorConfig) -> Path:
@@ -137,12 +145,35 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+@contextmanager
+def history_lock(path: Path) -> Iterator[None]:
+    """Exclusive, across processes, for one change of the history at `path` (its server
+    switch included); waits, saying so, while another process holds it. The lock file is
+    left in place (removing it would race a waiter). DeployError when it cannot be made."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise DeployError(f"cannot lock the deployment history: {lock_path}: {exc}") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process's deployment or rollback (%s)", lock_path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Deployer:
     """Deploys checkpoints to the inference server and keeps the history (thread-safe).
 
-    One deployment or rollback at a time (`_deploy_lock`, held across the HTTP calls);
-    scrapes read the cached history and counters under `_lock` and never wait for the
-    server.
+    One deployment or rollback at a time (`_deploy_lock` in this process, `history_lock`
+    across processes, both held across the HTTP calls); scrapes read the cached history
+    and counters under `_lock` and never wait for the server.
     """
 
     def __init__(self, client: InferenceClient, history_path: Path,
@@ -186,7 +217,7 @@ class Deployer:
         with remote.activate switched it), without a new history record; a model a person
         rolled back is not deployed again.
         """
-        with self._deploy_lock:
+        with self._deploy_lock, history_lock(self.history_path):
             history = self._history()
             if model_id in history.rejected:
                 log.info("not deploying %s: it was rolled back", model_id)
@@ -237,6 +268,9 @@ class Deployer:
             self._count("remote")
             log.error("cannot deploy %s to %s: %s [reason=%s]", model_id, self.client.base,
                       exc, exc.reason)
+        except DeployError as exc:  # the history's lock could not be made: nothing changed
+            self._count("history_write")
+            log.error("cannot deploy %s: %s [reason=history_write]", model_id, exc)
         except OSError as exc:
             self._count("history_write")
             log.error("deployed %s but cannot record it in %s: %s (a rollback will not know"
@@ -244,7 +278,7 @@ class Deployer:
 
     def rollback(self) -> dict[str, Any]:
         """Re-activate what the last deployment replaced; returns the rollback record."""
-        with self._deploy_lock:
+        with self._deploy_lock, history_lock(self.history_path):
             history = self._history()
             top = history.deployed
             if top is None:
