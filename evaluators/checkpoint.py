@@ -141,17 +141,34 @@ def check_tokenizer_files(directory: Path) -> None:
 
 
 def checkpoint_step(directory: Path) -> int | None:
-    """global_step from trainer_state.json, else the number in `checkpoint-<step>`."""
-    state = directory / "trainer_state.json"
-    if state.is_file():
-        try:
-            step = json.loads(state.read_text(encoding="utf-8")).get("global_step")
-            if isinstance(step, int) and not isinstance(step, bool):
-                return step
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            log.warning("%s: unreadable, taking the step from the directory name", state)
+    """The number in `checkpoint-<step>`, else global_step from trainer_state.json.
+
+    Why the name first: it is what the evaluator daemon, the checkpoint rotation and the
+    alerts know a checkpoint by, and the Trainer writes the two equal. A directory whose
+    trainer_state.json says otherwise (copied or renamed by hand) is named in a warning, so
+    `eval-once` and the daemon never report one checkpoint under two steps.
+    """
     match = _STEP.search(directory.name)
-    return int(match.group(1)) if match else None
+    recorded = _global_step(directory / "trainer_state.json")
+    if match is None:
+        return recorded
+    step = int(match.group(1))
+    if recorded is not None and recorded != step:
+        log.warning("%s: trainer_state.json says global_step %d; taking %d from the name",
+                    directory, recorded, step)
+    return step
+
+
+def _global_step(state: Path) -> int | None:
+    """global_step from a trainer_state.json, None when absent or unreadable."""
+    if not state.is_file():
+        return None
+    try:
+        step = json.loads(state.read_text(encoding="utf-8")).get("global_step")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        log.warning("%s: unreadable, so no global_step from it", state)
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def inspect_checkpoint(path: Path | str) -> CheckpointInfo:

@@ -161,3 +161,24 @@ def test_limit_and_overrides(tiny_run, tmp_path):
     assert {k: v["examples"] for k, v in result["breakdowns"]["difficulty"].items()} == {
         "easy": 4, "hard": 4, "medium": 4}
     assert result["run"]["batch_size"] == 5 and result["run"]["max_new_tokens"] == 3
+
+
+def test_a_checkpoint_is_known_by_the_step_in_its_name(tiny_run, tmp_path, caplog):
+    """eval-once and the daemon name one checkpoint by one step: the directory's, which the
+    daemon and the alerts use; trainer_state.json's global_step only for another name."""
+    from evaluators.checkpoint import checkpoint_step
+    from tunewatch.demo.tinymodel import blank_checkpoint
+
+    source = tiny_run.checkpoints[-1]
+    recorded = json.loads((source / "trainer_state.json").read_text())["global_step"]
+    moved = copy_checkpoint(source, tmp_path / f"checkpoint-{recorded + 7}")
+    with caplog.at_level("WARNING", logger="evaluators"):
+        assert checkpoint_step(moved) == recorded + 7
+    assert f"says global_step {recorded}; taking {recorded + 7} from the name" in caplog.text
+    assert checkpoint_step(copy_checkpoint(source, tmp_path / "final")) == recorded
+    assert checkpoint_step(tmp_path / "empty") is None
+    # The demo's damaged copy (and the tests' blank one) records the step of its new name.
+    copied = blank_checkpoint(source, tmp_path / f"checkpoint-{recorded + 1}")
+    assert json.loads((copied / "trainer_state.json").read_text())["global_step"] == recorded + 1
+    caplog.clear()
+    assert checkpoint_step(copied) == recorded + 1 and not caplog.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from predictions_support import fresh_database, grid, row
 from evaluators.predictions.query import parse_time
 from evaluators.predictions.spool import Spool
 from evaluators.predictions.store import Filters, open_store
-from tunewatch.cli import main
+from tunewatch.cli import EXIT_BROKEN_PIPE, main
 
 
 @pytest.fixture()
@@ -117,6 +119,18 @@ def test_exports(url: str, env: Path, capsys):
     assert code == 0
     lines = [json.loads(x) for x in out.splitlines()]
     assert len(lines) == 5 and lines[0]["prompt"] == "Say 'hi'"
+
+
+def test_a_reader_that_stops_reading_is_no_error(url: str, env: Path):
+    """`tunewatch predictions export | head -1`: the reader goes away, which is no reason
+    for a traceback. Its end of the pipe is closed before the command writes anything."""
+    proc = subprocess.Popen([sys.executable, "-m", "tunewatch", "predictions", "export"],
+                            cwd=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE, err
+    assert "Traceback" not in err and "Error" not in err, err
 
 
 def test_usage_errors(url: str, capsys):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from services import free_port, wait_for
@@ -56,6 +57,27 @@ def process_runs(prom: str, process: str) -> set[str]:
     return {r["metric"].get("run", "") for r in answer["data"]["result"]}
 
 
+def stop_twice(make_pid: int) -> list[Any]:
+    """Stop `tunewatch up` under make as a user often does: Ctrl-C and, right behind it, a
+    SIGTERM (make passes a SIGTERM sent to its group on, so it can arrive twice). Returns
+    the stack's components' processes, found before the signals."""
+    import psutil
+
+    up, components = None, []
+    for child in psutil.Process(make_pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue  # exited meanwhile (its exit shows in the make's output)
+        if "up" in argv and any("tunewatch" in a for a in argv):
+            up = child
+            components = child.children()
+    assert up is not None, "no tunewatch up under make"
+    up.send_signal(signal.SIGINT)
+    up.send_signal(signal.SIGTERM)
+    return components
+
+
 def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_path: Path):
     data_dir = tmp_path / "var"
     env, prom_port = stack_env(data_dir)
@@ -81,20 +103,15 @@ def test_make_up_brings_every_target_up_and_stops_cleanly(repo_root: Path, tmp_p
             wait_for(lambda p=process: process_runs(prom, p) == {RUN}, 60,
                      f"{process} labelled run={RUN} (last: {process_runs(prom, process)})")
     finally:
-        # Ctrl-C as the stack sees it (make itself would report "Interrupt").
-        import psutil
-
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                argv = child.cmdline()
-            except psutil.Error:
-                continue  # exited meanwhile (its exit shows in the output below)
-            if "up" in argv and any("tunewatch" in a for a in argv):
-                child.send_signal(signal.SIGINT)
+        components = stop_twice(proc.pid)
         out, _ = proc.communicate(timeout=60)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     assert "tunewatch stack is up" in text and "stopping the stack" in text
+    # The second signal did not cut the teardown short: every component is gone.
+    assert "already stopping the stack; SIGTERM ignored" in text, text
+    assert len(components) >= expected
+    assert not [p for p in components if p.is_running() and p.status() != "zombie"], text
     assert "prometheus" in text and f"127.0.0.1:{prom_port}" in text
     # The dashboards' URLs where Grafana exists, else one line on how to get them.
     assert ("dashboards: no Grafana on PATH" in text) != ("dashboards (Grafana" in text)

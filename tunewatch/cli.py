@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from tunewatch import __version__
@@ -21,6 +23,7 @@ from tunewatch.core.config import load_config
 from tunewatch.core.errors import ConfigError, UsageError
 from tunewatch.core.logsetup import FORMATS, LEVELS, setup_logging
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program SIGPIPE ended
 log = logging.getLogger("tunewatch")
 
 # name -> one-line help; the module is tunewatch.commands.<name, "-" as "_">.
@@ -94,12 +97,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(log_level or cfg.log_level, log_format or cfg.log_format)
     try:
-        return int(module.run(args, cfg) or 0)
+        code = int(module.run(args, cfg) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
     except UsageError as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return closed_stdout()
+
+
+def closed_stdout() -> int:
+    """The reader of our output went away (`tunewatch predictions export | head -1`): not an
+    error to report with a traceback. stdout is pointed at /dev/null so that the flush at
+    exit does not fail again, and the status is the one a killed-by-SIGPIPE program has."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

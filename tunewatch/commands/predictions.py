@@ -1,4 +1,4 @@
-"""`tunewatch predictions`: list, follow, score and export the predictions kept per checkpoint.
+"""`tunewatch predictions`: list, follow, count and export the predictions kept per checkpoint.
 
 Why a CLI next to the dashboard: the SQLite default has no Grafana in front of it, and a
 newcomer debugging a run over SSH wants one command. Every action reads the store named by

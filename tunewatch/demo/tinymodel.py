@@ -455,6 +455,7 @@ def degrade_checkpoint(src: Path, dst: Path, noise: float, seed: int) -> Path:
                 jitter = torch.randn(tensor.shape, generator=generator) * spread * noise
                 tensors[name] = (tensor.float() + jitter).to(tensor.dtype)
         save_file(tensors, path, metadata={"format": "pt"})
+    restep(tmp, dst.name)
     tmp.rename(dst)
     return dst
 
@@ -485,8 +486,25 @@ def blank_checkpoint(src: Path, dst: Path) -> Path:
             if tensor.is_floating_point():
                 tensors[name] = torch.zeros_like(tensor)
         save_file(tensors, path, metadata={"format": "pt"})
+    restep(tmp, dst.name)
     tmp.rename(dst)
     return dst
+
+
+def restep(directory: Path, name: str) -> None:
+    """Make a copied checkpoint's trainer_state.json tell the step its new name gives.
+
+    Why: `checkpoint-301` copied from `checkpoint-300` would otherwise record global_step
+    300 and be one checkpoint under two steps (every reader takes the name's, with a
+    warning where they differ).
+    """
+    step = name.rsplit("-", 1)[-1]
+    state = directory / "trainer_state.json"
+    if not name.startswith("checkpoint-") or not step.isdigit() or not state.is_file():
+        return
+    data = json.loads(state.read_text(encoding="utf-8"))
+    data["global_step"] = int(step)
+    state.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def answer_key_suite(checkpoint: Path, data_dir: Path, out_dir: Path,

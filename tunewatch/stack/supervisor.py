@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,56 @@ def tail(path: Path | None, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class StopRequests:
+    """SIGINT and SIGTERM as one request to stop the stack, raised as KeyboardInterrupt.
+
+    Why not Python's default: a stop often comes as two signals at once (`make` passes the
+    SIGTERM sent to its process group on to `tunewatch up`, so it arrives twice; an
+    impatient second Ctrl-C). A second KeyboardInterrupt landing in the teardown cut it
+    short and left every component not yet signalled running (they run in sessions of
+    their own, so no group signal reaches them). The first signal is the request; later
+    ones are logged and ignored. While a process is being started (`held`), the request
+    waits until the process is on the stack's list, so that it is stopped with the rest.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._held = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handler)
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            log.info("already stopping the stack; %s ignored", signal.Signals(signum).name)
+            return
+        self.requested = True
+        if not self._held:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Within this block a request waits; it is raised at the block's end."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 class Stack:
     """Starts components in order, watches them, and stops them in reverse order."""
 
-    def __init__(self, components: list[Component], logs_dir: Path, ready_timeout: float) -> None:
+    def __init__(self, components: list[Component], logs_dir: Path, ready_timeout: float,
+                 stops: StopRequests | None = None) -> None:
         self.components = components
         self.logs_dir = logs_dir
         self.ready_timeout = ready_timeout
         self.started: list[Component] = []
+        self.stops = stops or StopRequests()
 
     def start_all(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -69,13 +112,13 @@ class Stack:
 
     def start(self, comp: Component) -> None:
         comp.log_path = self.logs_dir / f"{comp.name}.log"
-        with comp.log_path.open("ab") as fh:
+        with self.stops.held(), comp.log_path.open("ab") as fh:
             comp.proc = subprocess.Popen(
                 comp.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, **comp.env} if comp.env else None,
                 **as_user(comp.user),
             )
-        self.started.append(comp)
+            self.started.append(comp)
         deadline = time.monotonic() + self.ready_timeout
         ready = comp.probe or (lambda: http_ok(comp.url + comp.ready_path))
         while time.monotonic() < deadline:
@@ -169,12 +212,9 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
     prepare_files(cfg, data_dir, components)
     if dashboards is not None:
         dashboards.prepare()
-    stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds)
-
-    def on_term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stops = StopRequests()
+    stops.install()
+    stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds, stops)
     try:
         stack.start_all()
         print_urls(components, data_dir,
@@ -184,5 +224,6 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
         sys.stderr.write("\n")
         return 0
     finally:
+        stops.requested = True  # also when the stack ends on its own: later signals wait
         log.info("stopping the stack")
         stack.stop_all()
