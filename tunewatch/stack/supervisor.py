@@ -98,10 +98,11 @@ class Stack:
     """Starts components in order, watches them, and stops them in reverse order."""
 
     def __init__(self, components: list[Component], logs_dir: Path, ready_timeout: float,
-                 stops: StopRequests | None = None) -> None:
+                 stops: StopRequests | None = None, stop_timeout: float = 10.0) -> None:
         self.components = components
         self.logs_dir = logs_dir
         self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
         self.started: list[Component] = []
         self.stops = stops or StopRequests()
 
@@ -137,7 +138,8 @@ class Stack:
     def dead(self) -> list[Component]:
         return [c for c in self.started if c.proc is not None and c.proc.poll() is not None]
 
-    def stop_all(self, timeout: float = 10.0) -> None:
+    def stop_all(self) -> None:
+        timeout = self.stop_timeout
         for comp in reversed(self.started):
             if comp.proc is None or comp.proc.poll() is not None:
                 continue
@@ -214,7 +216,8 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
         dashboards.prepare()
     stops = StopRequests()
     stops.install()
-    stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds, stops)
+    stack = Stack(components, data_dir / "logs", cfg.stack.ready_timeout_seconds, stops,
+                  cfg.stack.stop_timeout_seconds)
     try:
         stack.start_all()
         print_urls(components, data_dir,

@@ -402,6 +402,7 @@ class StackConfig:
     grafana_provisioning: str = "grafana/provisioning"
     grafana_dashboards: str = "grafana/dashboards"
     ready_timeout_seconds: float = positive(60.0)
+    stop_timeout_seconds: float = positive(10.0)
     status_interval_seconds: float = interval(2.0, "the status display")
 
 
