@@ -243,3 +243,40 @@ def test_usage_errors(tmp_path):
     done = _evaluate_once("--limit", "0", cwd=tmp_path)
     assert done.returncode == 2
     assert "--limit must be at least 1" in done.stderr
+
+
+def test_checkpoints_wait_for_a_suite_that_comes_late(tiny_run, tmp_path):
+    """A data directory that appears after the daemon started (a slow copy, a mount) costs
+    no checkpoint an attempt: they wait, counted and not ready, and are evaluated then."""
+    from evaluators.daemon.scheduler import Daemon
+
+    checkpoints = tmp_path / "checkpoints"
+    copy_checkpoint(tiny_run.checkpoints[0], checkpoints / "checkpoint-100")
+    data = tmp_path / "data"
+    cfg = EvaluatorConfig(settle_seconds=0, retry_attempts=1, device="cpu")
+    daemon = Daemon(cfg, checkpoints=checkpoints, data=data, state_dir=tmp_path / "state",
+                    run_name="late", limit=10)
+    for scans in (1, 2, 3):
+        assert daemon.step() == cfg.rescan_seconds
+        assert daemon.failures["data"] == scans and daemon.backlog == 1
+    assert daemon.evaluations == 0 and not daemon.state.checkpoints and not daemon.ready()
+    shutil.copytree(tiny_run.data_dir, data)
+    assert daemon.step() == 0.0
+    assert daemon.evaluations == 1 and daemon.ready()
+    assert daemon.state.checkpoints[100]["status"] == "ok"
+
+
+def test_once_without_its_suite_or_checkpoints_is_an_error(tiny_run, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    copy_checkpoint(tiny_run.checkpoints[0], checkpoints / "checkpoint-100")
+    common = ("--state-dir", tmp_path / "state", "--limit", "10")
+    no_suite = _evaluate_once("--checkpoints", checkpoints, "--data", tmp_path / "nodata",
+                              *common, cwd=tmp_path)
+    assert no_suite.returncode == 1, no_suite.stderr
+    assert "nothing evaluated: checkpoints wait for a suite that cannot be loaded" in (
+        no_suite.stderr)
+    no_dir = _evaluate_once("--checkpoints", tmp_path / "nope", "--data", tiny_run.data_dir,
+                            *common, cwd=tmp_path)
+    assert no_dir.returncode == 1, no_dir.stderr
+    assert f"checkpoint directory {tmp_path / 'nope'} does not exist" in no_dir.stderr
+    assert "Traceback" not in no_suite.stderr + no_dir.stderr

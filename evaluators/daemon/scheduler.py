@@ -126,6 +126,11 @@ class Daemon:
             return False
         return float(entry.get("next_attempt_at", 0.0)) <= now
 
+    @property
+    def suite_error(self) -> str | None:
+        """Why the suite could not be loaded, the last time it was tried."""
+        return self._suite_error
+
     def ready(self) -> bool:
         """`/-/ready`: the suite is loaded (the state was read in __init__)."""
         return self.suite is not None
@@ -134,8 +139,8 @@ class Daemon:
         """Load the suite before the first checkpoint needs it, so readiness means it.
 
         A suite that cannot be loaded yet (the data directory is not there, or empty) is
-        logged once per distinct error and tried again on the next loop turn; an
-        evaluation meanwhile fails with its reason (`data`) as it always did.
+        logged once per distinct error and tried again on the next loop turn. Meanwhile no
+        checkpoint is evaluated, and none is charged an attempt for it (`step`).
         """
         if self.suite is not None:
             return
@@ -171,6 +176,9 @@ class Daemon:
         with self._lock:
             self.newest_step = complete[0].step if complete else None
             self.backlog = len({c.step for c in pending + waiting})
+        if pending and self._without_suite():
+            self._planned = "rescan"
+            return None if self.once else float(self.cfg.rescan_seconds)
         if pending:
             self._evaluate(pending[0])
             self._planned = "evaluated"
@@ -187,6 +195,22 @@ class Daemon:
                           "retry"))
         wait, self._planned = min(waits)
         return max(_MIN_SCAN_INTERVAL, wait)
+
+    def _without_suite(self) -> bool:
+        """True when checkpoints wait for a suite that cannot be loaded (yet).
+
+        Why not evaluate and fail: a data directory that appears after the daemon started
+        (a slow copy, a mount) would otherwise cost every checkpoint its attempts, and they
+        would stay given up once it is there. The wait is visible: /-/ready answers 503,
+        the cause is logged, and `tunewatch_eval_failures_total{reason="data"}` grows by
+        one per scan that found checkpoints waiting.
+        """
+        self.load_suite_early()
+        if self.suite is not None:
+            return False
+        with self._lock:
+            self.failures["data"] += 1
+        return True
 
     def run_forever(self, stop: threading.Event) -> None:
         """Loop until `stop` is set (or, with `once`, until nothing is left).
@@ -224,8 +248,6 @@ class Daemon:
         log.info("evaluating %s (step %d, %.2fs after its last write)", c.path.name, c.step, delay)
         wall = time.perf_counter()
         try:
-            if self.suite is None:
-                self.suite = load_suite(self.data, self.cfg.files, self.cfg.derive_labels)
             result = self.evaluate(c.path, self.cfg, suite=self.suite, limit=self.limit,
                                    show_progress=False)
         except EvaluationError as exc:

@@ -76,6 +76,9 @@ def _loop(daemon: Daemon, once: bool) -> int:
     stop = threading.Event()
     if once:
         daemon.run_forever(stop)
+        if daemon.suite is None and daemon.failures["data"]:
+            log.error("nothing evaluated: checkpoints wait for a suite that cannot be loaded "
+                      "from %s (%s)", daemon.data, daemon.suite_error)
         failed = sum(daemon.failures.values())
         return 1 if failed else 0
     worker = threading.Thread(target=daemon.run_forever, args=(stop,), name="evaluator",
@@ -98,6 +101,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             recorder.close()
         return 1
     if not daemon.checkpoints.is_dir():
+        if args.once:  # nothing will come: a wrong path (relative to the current directory)
+            log.error("checkpoint directory %s does not exist (relative paths are taken "
+                      "from the current directory, %s)", daemon.checkpoints, Path.cwd())
+            if recorder is not None:
+                recorder.close()
+            return 1
         log.warning("checkpoint directory %s does not exist (yet); waiting for it",
                     daemon.checkpoints)
     registry = CollectorRegistry()
