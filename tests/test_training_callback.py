@@ -132,7 +132,7 @@ def test_tokens_absent_unless_the_trainer_counts_them(tmp_path: Path):
         callback.on_log(args, state, TrainerControl(), logs={"loss": float("inf")})
         callback.on_evaluate(args, state, TrainerControl(),
                              metrics={"eval_loss": 1.5, "eval_accuracy": 0.75,
-                                      "eval_runtime": 0.2})
+                                      "eval_runtime": 0.2, "num_input_tokens_seen": 96})
         text = scrape(callback.server.url)
     finally:
         callback.on_train_end(args, state, TrainerControl())
@@ -150,6 +150,7 @@ def test_tokens_absent_unless_the_trainer_counts_them(tmp_path: Path):
     assert not any(name.startswith("tunewatch_training_tokens") for name, _ in got)
     assert "tunewatch_training_model_parameters{" not in text  # no model given: absent
     assert "runtime" not in text
+    assert "num_input_tokens_seen" not in text  # the Trainer's, in every evaluation's metrics
     assert promtool_check_metrics(text) == ""
 
 
@@ -463,3 +464,25 @@ def test_training_settings_come_from_the_config(repo_root: Path):
         with pytest.raises(ConfigError, match=f"training.{key.lower()}"):
             load_config(repo_root / "tunewatch.yml",
                         environ={f"TUNEWATCH_TRAINING__{key}": value})
+
+
+def test_ctrl_c_is_marked_crashed_and_the_log_says_it_exits_now(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture):
+    """An uncaught KeyboardInterrupt skips the crash grace period (a person is waiting), and
+    the log line says so instead of promising /metrics for the grace period."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    callback = PrometheusCallback(listen_address="127.0.0.1:0", run="c", crash_grace_seconds=120)
+    try:
+        callback.on_train_begin(args, TrainerState(max_steps=10), TrainerControl())
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="tunewatch.training"):
+            callback._excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+        assert time.monotonic() - started < 60  # no 120 s grace
+        text = scrape(callback.server.url)
+    finally:
+        callback.stop()
+    assert log_lines(caplog, "training crashed (KeyboardInterrupt); marked crashed, exiting now")
+    assert not log_lines(caplog, "serving /metrics")
+    assert samples(text)[("tunewatch_training_state", (("run", "c"), ("state", "crashed")))] == 1

@@ -288,12 +288,20 @@ class PrometheusCallback(TrainerCallback):
 
     def _crashed(self, exc_type: type[BaseException] | None) -> None:
         self.metrics.set_state("crashed")
-        log.error("training crashed (%s); serving /metrics %.0f s more so Prometheus sees it",
-                  getattr(exc_type, "__name__", exc_type), self.crash_grace_seconds)
+        name = getattr(exc_type, "__name__", exc_type)
+        if self._grace_applies(exc_type):
+            log.error("training crashed (%s); serving /metrics %.0f s more so Prometheus "
+                      "sees it", name, self.crash_grace_seconds)
+        else:
+            log.error("training crashed (%s); marked crashed, exiting now", name)
+
+    def _grace_applies(self, exc_type: type[BaseException] | None) -> bool:
+        """A crash keeps /metrics up a while, except on Ctrl-C: a person is waiting."""
+        return (self.server is not None and self.crash_grace_seconds > 0
+                and not (exc_type and issubclass(exc_type, KeyboardInterrupt)))
 
     def _grace(self, exc_type: type[BaseException] | None) -> None:
-        if (self.server is not None and self.crash_grace_seconds > 0
-                and not (exc_type and issubclass(exc_type, KeyboardInterrupt))):
+        if self._grace_applies(exc_type):
             time.sleep(self.crash_grace_seconds)
 
     def _excepthook(self, exc_type: Any, exc: Any, tb: Any) -> None:
