@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,21 @@ class EvaluatorSelection:
     deployer: Deployer | None
 
 
+LOCAL_BACKEND_MODULES = ("torch", "transformers")
+
+
+def require_modules(names: tuple[str, ...]) -> None:
+    """Raise ModuleNotFoundError for the first of `names` not installed, before any work.
+
+    Why up front: the local backend imports torch at the first evaluation, where a host
+    installed without it (the evaluator extra brings no torch) would fail every checkpoint
+    with a traceback; the command line turns this into one line naming the package.
+    """
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def evaluator_for(cfg: Config, overrides: Overrides | None = None, *,
                   deploy: bool = False) -> EvaluatorSelection:
     """The evaluator of `cfg.evaluator.backend` after the flags in `overrides`.
@@ -120,6 +136,8 @@ def evaluator_for(cfg: Config, overrides: Overrides | None = None, *,
     """
     ev = apply_overrides(cfg.evaluator, overrides or Overrides())
     remote = ev.backend == "remote"
+    if not remote:
+        require_modules(LOCAL_BACKEND_MODULES)
     deploying = deploy and ev.remote.deploy_best
     stats = RemoteStats() if remote or deploying else None
     evaluate: Evaluate = RemoteEvaluator(ev, cfg.run, stats) if remote else evaluate_checkpoint

@@ -182,3 +182,33 @@ def test_a_checkpoint_is_known_by_the_step_in_its_name(tiny_run, tmp_path, caplo
     assert json.loads((copied / "trainer_state.json").read_text())["global_step"] == recorded + 1
     caplog.clear()
     assert checkpoint_step(copied) == recorded + 1 and not caplog.text
+
+
+BLOCKED = """import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # import raises ModuleNotFoundError; find_spec finds nothing
+from tunewatch.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("missing", "argv", "advice"), [
+    ("torch", ["eval-once", "{ckpt}", "--data", "{data}"], "install the torch build"),
+    ("torch", ["evaluate", "--once", "--checkpoints", "{ckpts}", "--data", "{data}"],
+     "install the torch build"),
+    ("requests", ["deploy", "status"], "pip install -c constraints.txt '.[eval]'"),
+])
+def test_a_host_installed_for_another_role_gets_one_line(tiny_run, tmp_path, missing, argv,
+                                                         advice):
+    """A command whose packages this host lacks (README, "Installing by role") names the
+    package and what brings it, before any work, instead of a traceback per checkpoint."""
+    values = {"ckpt": tiny_run.checkpoints[-1], "ckpts": tiny_run.checkpoints[-1].parent,
+              "data": tiny_run.data_dir}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED, missing, *(a.format(**values) for a in argv)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"needs the Python package '{missing}', which is not installed" in done.stderr
+    assert advice in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "var").exists()  # nothing evaluated, no state written

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -80,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     top, rest = parser.parse_known_args(argv)
     text = SUBCOMMANDS[top.command]
-    module = importlib.import_module(command_module(top.command))
+    try:
+        module = importlib.import_module(command_module(top.command))
+    except ModuleNotFoundError as exc:
+        setup_logging("info", top.log_format or "text")
+        log.error("%s", missing_package(top.command, exc))
+        return 2
     sub = argparse.ArgumentParser(prog=f"tunewatch {top.command}", description=text)
     sub.add_argument("--config", default=None, help="path of tunewatch.yml (also before COMMAND)")
     add_log_arguments(sub)
@@ -107,6 +114,40 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return closed_stdout()
+    except ModuleNotFoundError as exc:  # a package imported only on the way
+        log.error("%s", missing_package(top.command, exc))
+        return 2
+
+
+def missing_package(command: str, exc: ModuleNotFoundError) -> str:
+    """One line for a host installed for another role (README, "Installing by role"): which
+    package this command needs and which extra of tunewatch brings it."""
+    name = (exc.name or str(exc)).split(".")[0]
+    extra = _extra_bringing(name)
+    if extra:
+        how = f"pip install -c constraints.txt '.[{extra}]'"
+    elif name == "torch":
+        how = ("install the torch build for this host (the CUDA one for its GPU; no extra "
+               "brings torch), or evaluate through evaluator.backend: remote")
+    else:
+        how = "install it"
+    return (f"tunewatch {command} needs the Python package {name!r}, which is not installed "
+            f"in this environment: {how} (README, \"Installing by role\")")
+
+
+def _extra_bringing(module: str) -> str | None:
+    """The extra of tunewatch's metadata that requires the distribution named `module`."""
+    try:
+        requirements = importlib.metadata.requires("tunewatch") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted = module.lower().replace("_", "-")
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        extra = re.search(r'extra == "([^"]+)"', requirement)
+        if name and extra and name.group(0).lower().replace("_", "-") == wanted:
+            return extra.group(1)
+    return None
 
 
 def closed_stdout() -> int:
