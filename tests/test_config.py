@@ -44,6 +44,30 @@ def test_unknown_key_is_named_with_file_and_line(tmp_path: Path):
     assert f"{path}:3: key 'evaluator.batch_sise': unknown key" in str(err.value)
 
 
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path: Path):
+    """YAML keeps the last of two equal keys silently: a second `evaluator:` appended to the
+    file would drop every setting of the first."""
+    path = tmp_path / "tw.yml"
+    path.write_text("evaluator:\n  batch_size: 8\nrun: x\nevaluator:\n  device: cpu\n"
+                    "exporter:\n  queue_dirs:\n    - {path: a, path: b}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f"{path}:4: key 'evaluator' is given twice (first on line 1)" in str(err.value)
+    assert f"{path}:8: key 'exporter.queue_dirs[0].path' is given twice" in str(err.value)
+    path.write_text("evaluator:\n  batch_size: 8\nexporter:\n  queue_dirs:\n"
+                    "    - {path: a}\n    - {path: b}\n")
+    assert load_config(path, environ={}).evaluator.batch_size == 8  # equal keys, two items
+
+
+def test_an_error_inside_a_variable_s_yaml_value_names_the_variable(tmp_path: Path):
+    path = tmp_path / "tw.yml"
+    path.write_text("run: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"TUNEWATCH_EXPORTER__QUEUE_DIRS": "[{path: q, priority: 9}]"})
+    assert "TUNEWATCH_EXPORTER__QUEUE_DIRS" in str(err.value)
+    assert f"{path}" not in str(err.value)
+
+
 def test_wrong_type_and_range_are_named(tmp_path: Path):
     path = tmp_path / "tw.yml"
     path.write_text("evaluator:\n  max_new_tokens: many\n")

@@ -32,9 +32,13 @@ class EnvOverrides:
     errors: list[str] = field(default_factory=list)
 
     def origin_of(self, key: str) -> str | None:
-        """The variable behind `key`, or behind a key below it (an unknown section)."""
+        """The variable behind `key`, behind a key above it (a list or mapping given as a
+        YAML value: `exporter.queue_dirs[0].priority`), or below it (an unknown section)."""
         if key in self.origins:
             return self.origins[key]
+        for dotted, origin in self.origins.items():
+            if key.startswith((dotted + ".", dotted + "[")):
+                return origin
         below = [origin for dotted, origin in self.origins.items()
                  if dotted.startswith(key + ".")]
         return below[0] if below else None

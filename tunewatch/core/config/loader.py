@@ -25,15 +25,26 @@ from tunewatch.core.errors import ConfigError
 DEFAULT_CONFIG_NAME = "tunewatch.yml"
 
 
-def _line_map(text: str) -> dict[str, int]:
-    """Map dotted keys to the 1-based line of their value in the YAML text."""
+def _line_map(text: str) -> tuple[dict[str, int], list[str]]:
+    """Map dotted keys to the 1-based line of their value in the YAML text; and each key
+    given twice in one mapping, as "LINE: ...".
+
+    Why duplicates are errors: YAML loaders keep the last of two equal keys without a word,
+    so a section appended to the shipped file (a second `evaluator:`) would silently drop
+    every setting of the first.
+    """
     lines: dict[str, int] = {}
+    twice: list[str] = []
 
     def walk(node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[key] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    twice.append(f"{line}: key '{key}' is given twice (first on line "
+                                 f"{lines[key]}); merge the two")
+                lines[key] = line
                 walk(value_node, key)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -44,7 +55,7 @@ def _line_map(text: str) -> dict[str, int]:
     root = yaml.compose(text)
     if root is not None:
         walk(root, "")
-    return lines
+    return lines, twice
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -66,13 +77,16 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
-        lines = _line_map(text)
+        lines, twice = _line_map(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else "?"
         raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if twice:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
+            f"{path}:{problem}" for problem in twice))
     if data is None:
         data = {}
     if not isinstance(data, dict):
