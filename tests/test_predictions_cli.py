@@ -133,6 +133,16 @@ def test_a_reader_that_stops_reading_is_no_error(url: str, env: Path):
     assert "Traceback" not in err and "Error" not in err, err
 
 
+def test_reading_a_store_that_does_not_exist_creates_none(env: Path, capsys):
+    """`predictions list` in the wrong directory says there is no store there; it made an
+    empty SQLite file and printed an empty page."""
+    for action in ("list", "export", "accuracy"):
+        assert main(["predictions", action]) == 2
+    assert not (env / "state" / "predictions.sqlite3").exists()
+    assert main(["predictions", "init-db"]) == 0
+    assert _run(capsys, "list")[0] == 0
+
+
 def test_usage_errors(url: str, capsys):
     assert main(["predictions", "list", "--since", "yesterday-ish"]) == 2
     assert main(["predictions", "list", "--limit", "0"]) == 2

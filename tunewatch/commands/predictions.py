@@ -197,6 +197,10 @@ def _cost(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# Actions that only read: they never create a store (a SQLite file would be one).
+READING = ("list", "follow", "accuracy", "export")
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "cost":
         return _cost(cfg, args)
@@ -204,6 +208,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cfg = dataclasses.replace(
             cfg, predictions=dataclasses.replace(cfg.predictions, store_url=args.store))
     store = _open(args, cfg)
+    if args.action in READING and store.dialect == "sqlite" and not Path(store.target).exists():
+        raise UsageError(f"no predictions store at {store.target} (predictions.store_url or "
+                         "--store; relative paths are the current directory's): the evaluator "
+                         "creates it when it records predictions, `init-db` makes an empty one")
     actions: dict[str, Any] = {"list": _list, "follow": _follow, "accuracy": _accuracy,
                                "export": _export, "init-db": _init_db}
     try:
