@@ -227,6 +227,6 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
         sys.stderr.write("\n")
         return 0
     finally:
-        stops.requested = True  # also when the stack ends on its own: later signals wait
+        stops.requested = True  # also when the stack ends on its own: signals are ignored now
         log.info("stopping the stack")
         stack.stop_all()
