@@ -26,6 +26,7 @@ from tunewatch.core.errors import ConfigError, UsageError
 from tunewatch.core.logsetup import FORMATS, LEVELS, setup_logging
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program SIGPIPE ended
+OWN_PACKAGES = ("tunewatch", "evaluators", "exporters")
 log = logging.getLogger("tunewatch")
 
 # name -> one-line help; the module is tunewatch.commands.<name, "-" as "_">.
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(command_module(top.command))
     except ModuleNotFoundError as exc:
+        if _ours(exc):
+            raise
         setup_logging("info", top.log_format or "text")
         log.error("%s", missing_package(top.command, exc))
         return 2
@@ -115,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return closed_stdout()
     except ModuleNotFoundError as exc:  # a package imported only on the way
+        if _ours(exc):
+            raise
         log.error("%s", missing_package(top.command, exc))
         return 2
+
+
+def _ours(exc: ModuleNotFoundError) -> bool:
+    """A module of this project missing is a bug to show whole, not an install to advise."""
+    return (exc.name or "").split(".")[0] in OWN_PACKAGES
 
 
 def missing_package(command: str, exc: ModuleNotFoundError) -> str:
