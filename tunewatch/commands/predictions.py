@@ -6,7 +6,7 @@ newcomer debugging a run over SSH wants one command. Every action reads the stor
 and Grafana's read-only role), `prune` (retention) and `flush` (the spool).
 
     tunewatch predictions list --run demo --difficulty hard --match no --limit 20 --page 2
-    tunewatch predictions follow easy-007 --run demo      # marks where the answer changed
+    tunewatch predictions follow easy-005 --run demo      # marks where the answer changed
     tunewatch predictions accuracy --run demo              # exact match, last 20/50/100
     tunewatch predictions export --format csv --output preds.csv --step-min 200
     tunewatch predictions init-db --grafana-role tunewatch_grafana \\
