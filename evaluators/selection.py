@@ -40,6 +40,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override evaluator.remote.url")
 
 
+def backend_config_flags(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """The configuration keys --backend and --remote-url set, for loading the configuration
+    (`config_flags` of a command): a rule that needs the URL then sees the flag's."""
+    found: dict[str, tuple[str, Any]] = {}
+    if getattr(args, "backend", None) is not None:
+        found["evaluator.backend"] = ("--backend", args.backend)
+    if getattr(args, "remote_url", None) is not None:
+        found["evaluator.remote.url"] = ("--remote-url", args.remote_url)
+    return found
+
+
 @dataclass(frozen=True)
 class Overrides:
     """The values of the flags a command got; None means the flag was not given.

@@ -184,3 +184,22 @@ def test_shipped_tunewatch_yml_documents_exactly_the_defaults(repo_root: Path):
 
     shipped = as_dict(load_config(repo_root / "tunewatch.yml", environ={}))
     assert shipped == as_dict(Config())
+
+
+def test_a_flag_that_sets_a_key_counts_for_the_rules_and_is_blamed_by_name():
+    """--remote-url supplies the URL deploy_best needs: the rule sees it at load time (it
+    refused the command, blaming tunewatch.yml, before the flag was read)."""
+    env = {"TUNEWATCH_EVALUATOR__REMOTE__DEPLOY_BEST": "true",
+           "TUNEWATCH_EVALUATOR__REMOTE__ACTIVATE": "true"}
+    with pytest.raises(ConfigError, match=r"evaluator\.remote\.url"):
+        load_config(None, environ=env)
+    flags = {"evaluator.remote.url": ("--remote-url", "http://127.0.0.1:8765"),
+             "evaluator.backend": ("--backend", "remote")}
+    cfg = load_config(None, environ=env, flags=flags)
+    assert (cfg.evaluator.backend, cfg.evaluator.remote.url) == (
+        "remote", "http://127.0.0.1:8765")
+    env["TUNEWATCH_EVALUATOR__REMOTE__URL"] = "http://from-env:1"  # a flag beats a variable
+    assert load_config(None, environ=env, flags=flags).evaluator.remote.url.endswith(":8765")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ=env, flags={"evaluator.remote.url": ("--remote-url", "h:1")})
+    assert "command line flag --remote-url='h:1': key 'evaluator.remote.url'" in str(err.value)

@@ -7,6 +7,11 @@ chosen, so `tunewatch exporter` never pays for importing torch. Each provides:
 
     add_arguments(parser: argparse.ArgumentParser) -> None
     run(args: argparse.Namespace, cfg: tunewatch.core.config.Config) -> int   # exit status
+
+and, where flags set configuration keys that the configuration's rules need to see (the
+URL that `deploy_best` requires, given as --remote-url), optionally
+
+    config_flags(args) -> {dotted key: (flag, value)}   # read over the environment
 """
 
 from __future__ import annotations
@@ -99,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     config_path = args.config or top.config
     log_level = args.log_level or top.log_level
     log_format = args.log_format or top.log_format
+    flags = module.config_flags(args) if hasattr(module, "config_flags") else {}
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, flags=flags)
     except ConfigError as exc:
         setup_logging("info", log_format or "text")
         log.error("%s", exc)

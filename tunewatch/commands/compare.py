@@ -19,10 +19,17 @@ from evaluators.compare import compare, outcomes_of
 from evaluators.comparison_report import to_json, to_text
 from evaluators.data import load_suite
 from evaluators.errors import EvaluationError
-from evaluators.selection import Overrides, add_backend_arguments, evaluator_for
+from evaluators.selection import (
+    Overrides,
+    add_backend_arguments,
+    backend_config_flags,
+    evaluator_for,
+)
 from tunewatch.core.config import Config
 
 log = logging.getLogger("tunewatch.compare")
+# The keys --backend and --remote-url set, read with the configuration (tunewatch/cli.py).
+config_flags = backend_config_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,10 +21,17 @@ from typing import Any
 from evaluators.errors import EvaluationError
 from evaluators.evaluate import evaluate_checkpoint
 from evaluators.report import to_json, to_text
-from evaluators.selection import Overrides, add_backend_arguments, evaluator_for
+from evaluators.selection import (
+    Overrides,
+    add_backend_arguments,
+    backend_config_flags,
+    evaluator_for,
+)
 from tunewatch.core.config import Config
 
 log = logging.getLogger("tunewatch.eval_once")
+# The keys --backend and --remote-url set, read with the configuration (tunewatch/cli.py).
+config_flags = backend_config_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

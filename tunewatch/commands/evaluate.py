@@ -22,7 +22,13 @@ from prometheus_client import CollectorRegistry
 
 from evaluators.daemon import Daemon
 from evaluators.predictions.recorder import Recorder
-from evaluators.selection import EvaluatorSelection, Overrides, add_backend_arguments, evaluator_for
+from evaluators.selection import (
+    EvaluatorSelection,
+    Overrides,
+    add_backend_arguments,
+    backend_config_flags,
+    evaluator_for,
+)
 from evaluators.state import StateError
 from exporters.server import (
     ServerStartError,
@@ -34,6 +40,8 @@ from exporters.server import (
 from tunewatch.core.config import Config
 
 log = logging.getLogger("tunewatch.evaluate")
+# The keys --backend and --remote-url set, read with the configuration (tunewatch/cli.py).
+config_flags = backend_config_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

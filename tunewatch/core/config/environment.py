@@ -63,6 +63,25 @@ def _env_key(name: str) -> list[str] | None:
     return [part.lower() for part in name[len(ENV_PREFIX):].split(ENV_LEVEL_SEPARATOR)]
 
 
+def add_flags(found: EnvOverrides, flags: typing.Mapping[str, tuple[str, Any]]) -> None:
+    """Command line flags that set configuration keys (`--remote-url` sets
+    evaluator.remote.url), over the environment: {dotted key: (flag, value)}.
+
+    Why at load time: a rule that needs a key (deploy_best needs a URL) must see the flag's
+    value, or a flag given to satisfy it is refused before it is read. Each value
+    remembers its flag, so an error blames the flag.
+    """
+    for dotted, (flag, value) in flags.items():
+        *parents, last = dotted.split(".")
+        node = found.tree
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+        found.origins[dotted] = f"command line flag {flag}={value!r}"
+
+
 def env_overrides(environ: typing.Mapping[str, str]) -> EnvOverrides:
     """Configuration from `TUNEWATCH_SECTION__KEY` variables and the single names read."""
     found = EnvOverrides()

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from tunewatch.core.config.checks import config_errors
-from tunewatch.core.config.environment import ENV_CONFIG_PATH, env_overrides
+from tunewatch.core.config.environment import ENV_CONFIG_PATH, add_flags, env_overrides
 from tunewatch.core.config.sections import Config
 from tunewatch.core.config.validate import Validator, describe
 from tunewatch.core.errors import ConfigError
@@ -105,9 +105,11 @@ def find_config_path(explicit: str | None, environ: typing.Mapping[str, str]) ->
 
 
 def load_config(
-    path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None
+    path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None,
+    flags: typing.Mapping[str, tuple[str, Any]] | None = None,
 ) -> Config:
-    """Load, merge environment overrides and validate; raises ConfigError listing all errors."""
+    """Load, merge environment overrides and command line `flags` ({dotted key: (flag,
+    value)}, over the environment) and validate; raises ConfigError listing all errors."""
     environ = os.environ if environ is None else environ
     chosen = find_config_path(str(path) if path else None, environ)
     data: dict[str, Any] = {}
@@ -117,6 +119,7 @@ def load_config(
         data, lines = _read_yaml(chosen)
         source = str(chosen)
     env = env_overrides(environ)
+    add_flags(env, flags or {})
     merged = _merge(data, env.tree)
     validator = Validator(lines, source, env)
     validator.errors.extend(env.errors)
