@@ -88,8 +88,9 @@ def _overall(stats: GroupStats) -> Iterable[str]:
     yield f"exact match       {_pct(stats.exact_match)}  ({stats.exact_match.successes}"\
           f"/{stats.examples})"
     yield f"normalized match  {_pct(stats.normalized_match)}"
-    yield f"cross-entropy      {_num(stats.cross_entropy, 4)} nats/token over"\
-          f" {stats.golden_tokens} golden tokens"
+    yield (f"cross-entropy      {_num(stats.cross_entropy, 4)} nats/token over"
+           f" {stats.golden_tokens} golden tokens" if stats.cross_entropy is not None else
+           "cross-entropy      - (not computed: quick mode, or the remote backend)")
     yield f"confidence         mean {_num(stats.mean_confidence)}; ECE"\
           f" {_num(cal.ece if cal else None, 4)}; Brier {_num(cal.brier if cal else None, 4)}"
     yield f"contract pass     {_pct(stats.contract)}"

@@ -320,11 +320,13 @@ class Daemon:
         log.info("%s: exact match %.3f (%d/%d), cross-entropy %s, %.1fs", c.path.name,
                  overall.exact_match.value, overall.exact_match.successes, overall.examples,
                  overall.cross_entropy, wall)
-        for comp in self.comparisons:
+        # The comparisons are the published (newest) checkpoint's: said once, when it is the
+        # one evaluated, not again after each older checkpoint of a backlog.
+        for comp in self.comparisons if publish else []:
             if comp.regression:
-                log.warning("regression against the %s checkpoint (step %d): exact match "
-                            "%+.3f, McNemar p=%.4g", comp.baseline, comp.baseline_step,
-                            comp.overall.difference, comp.overall.p_value)
+                log.warning("%s regresses against the %s checkpoint (step %d): exact match "
+                            "%+.3f, McNemar p=%.4g", c.path.name, comp.baseline,
+                            comp.baseline_step, comp.overall.difference, comp.overall.p_value)
 
     def _save(self) -> None:
         try:
