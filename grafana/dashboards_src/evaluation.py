@@ -174,6 +174,21 @@ def quality_rows(lay: Layout) -> None:
                "percentunit",
                [target(of_run("tunewatch_eval_normalized_match_ratio"), "{{difficulty}}")],
                EXACT, min_val=0, max_val=1), 12, 8)
+    lay.add(ts("Fixed and broken against each baseline", "The paired outcomes behind the "
+               "regression test, per baseline (previous, best): examples wrong on the "
+               "baseline and right now (fixed), right on the baseline and wrong now (broken). "
+               "A regression is many more broken than fixed.", "none",
+               [target(of_run("tunewatch_eval_paired_fixed_examples"), "fixed {{baseline}}"),
+                target(of_run("tunewatch_eval_paired_broken_examples"), "broken {{baseline}}",
+                       "B")],
+               thresholds(1e12, 1e13), [runbook_link("evalregression")], 0), 12, 8)
+    lay.add(ts("Regression p-value across checkpoints", "Exact McNemar p-value of each "
+               "evaluated checkpoint's paired outcomes against each baseline; below "
+               "evaluator.regression.max_p_value with a big enough drop is a regression.",
+               "none",
+               [target(of_run("tunewatch_eval_regression_p_value"), "{{baseline}}")],
+               thresholds(0.2, 0.05, higher_is_worse=False),
+               [runbook_link("evalregression")], 0, 1), 12, 8)
 
 
 def calibration_rows(lay: Layout) -> None:
