@@ -79,6 +79,7 @@ class StopRequests:
             log.info("already stopping the stack; %s ignored", signal.Signals(signum).name)
             return
         self.requested = True
+        log.info("stopping the stack (%s)", signal.Signals(signum).name)
         if not self._held:
             raise KeyboardInterrupt
 
@@ -227,6 +228,7 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
         sys.stderr.write("\n")
         return 0
     finally:
-        stops.requested = True  # also when the stack ends on its own: signals are ignored now
-        log.info("stopping the stack")
+        by_signal, stops.requested = stops.requested, True  # from now on signals are ignored
+        if not by_signal:  # the stack ended on its own (a component died, --duration)
+            log.info("stopping the stack")
         stack.stop_all()
