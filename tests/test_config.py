@@ -59,9 +59,12 @@ def test_a_key_given_twice_is_named_with_both_lines(tmp_path: Path):
     assert load_config(path, environ={}).evaluator.batch_size == 8  # equal keys, two items
 
 
-def test_an_error_inside_a_variable_s_yaml_value_names_the_variable(tmp_path: Path):
+@pytest.mark.parametrize("in_file", ["run: x\n", "exporter:\n  queue_dirs:\n    - {path: f}\n"])
+def test_an_error_inside_a_variable_s_yaml_value_names_the_variable(tmp_path: Path,
+                                                                    in_file: str):
+    """Also where the file has a list at that key: its items' lines are not the value's."""
     path = tmp_path / "tw.yml"
-    path.write_text("run: x\n")
+    path.write_text(in_file)
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={"TUNEWATCH_EXPORTER__QUEUE_DIRS": "[{path: q, priority: 9}]"})
     assert "TUNEWATCH_EXPORTER__QUEUE_DIRS" in str(err.value)

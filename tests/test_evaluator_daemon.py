@@ -280,3 +280,26 @@ def test_once_without_its_suite_or_checkpoints_is_an_error(tiny_run, tmp_path):
     assert no_dir.returncode == 1, no_dir.stderr
     assert f"checkpoint directory {tmp_path / 'nope'} does not exist" in no_dir.stderr
     assert "Traceback" not in no_suite.stderr + no_dir.stderr
+
+
+def test_a_regression_a_backlog_reveals_is_logged_once_naming_the_checkpoint(
+        tiny_run, answer_key, tmp_path, caplog):
+    """Newest first: the blank checkpoint-301 has no baseline until checkpoint-300 is
+    evaluated after it; then its regression is logged, under its own name, once."""
+    import threading
+
+    from evaluators.daemon.scheduler import Daemon
+    from tunewatch.demo.tinymodel import blank_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    good = copy_checkpoint(tiny_run.checkpoints[-1], checkpoints / "checkpoint-300")
+    blank_checkpoint(good, checkpoints / "checkpoint-301")
+    daemon = Daemon(EvaluatorConfig(settle_seconds=0, device="cpu"), checkpoints=checkpoints,
+                    data=answer_key, state_dir=tmp_path / "state", run_name="b", once=True)
+    with caplog.at_level("WARNING", logger="tunewatch.evaluate"):
+        daemon.run_forever(threading.Event())
+    assert daemon.evaluations == 2
+    said = [r.getMessage() for r in caplog.records if "regresses against" in r.getMessage()]
+    assert said, "the regression revealed by the backlog was never logged"
+    assert all(line.startswith("checkpoint-301 regresses against the") for line in said), said
+    assert len(said) == len(set(said)), said

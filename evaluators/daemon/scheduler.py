@@ -92,6 +92,7 @@ class Daemon:
         self.wake = threading.Event()
         self.watcher = Watcher(self.checkpoints, self.wake)
         self.suite: Suite | None = None
+        self._logged_regressions: set[tuple[int, str, int]] = set()  # (step, baseline, its step)
         self._suite_error: str | None = None
         self._lock = threading.Lock()
         self.failures = dict.fromkeys(REASONS, 0)
@@ -320,13 +321,27 @@ class Daemon:
         log.info("%s: exact match %.3f (%d/%d), cross-entropy %s, %.1fs", c.path.name,
                  overall.exact_match.value, overall.exact_match.successes, overall.examples,
                  overall.cross_entropy, wall)
-        # The comparisons are the published (newest) checkpoint's: said once, when it is the
-        # one evaluated, not again after each older checkpoint of a backlog.
-        for comp in self.comparisons if publish else []:
-            if comp.regression:
+        self._log_regressions()
+
+    def _log_regressions(self) -> None:
+        """Log each regression of the published (newest) checkpoint once, naming it.
+
+        Why not after every evaluation: in a newest-first backlog each older checkpoint's
+        evaluation re-derives the newest one's comparisons; repeating them read as if the
+        older one regressed. A baseline that an older evaluation fills in (the newest
+        one's previous checkpoint) can make a new regression: that one is logged then.
+        """
+        step = figures.published_step(self.published)
+        if step is None:
+            return
+        name = self.state.checkpoints.get(step, {}).get("checkpoint", f"step {step}")
+        for comp in self.comparisons:
+            seen = (step, comp.baseline, comp.baseline_step)
+            if comp.regression and seen not in self._logged_regressions:
+                self._logged_regressions.add(seen)
                 log.warning("%s regresses against the %s checkpoint (step %d): exact match "
-                            "%+.3f, McNemar p=%.4g", c.path.name, comp.baseline,
-                            comp.baseline_step, comp.overall.difference, comp.overall.p_value)
+                            "%+.3f, McNemar p=%.4g", name, comp.baseline, comp.baseline_step,
+                            comp.overall.difference, comp.overall.p_value)
 
     def _save(self) -> None:
         try:

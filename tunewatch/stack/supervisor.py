@@ -228,7 +228,10 @@ def _run(cfg: Config, data_dir: Path, components: list[Component], prom: Compone
         sys.stderr.write("\n")
         return 0
     finally:
-        by_signal, stops.requested = stops.requested, True  # from now on signals are ignored
+        try:
+            by_signal, stops.requested = stops.requested, True  # from now: signals ignored
+        except KeyboardInterrupt:  # one came just before: its handler set `requested`
+            by_signal = True
         if not by_signal:  # the stack ended on its own (a component died, --duration)
             log.info("stopping the stack")
         stack.stop_all()
