@@ -55,7 +55,7 @@ dashboards: bootstrap
 	@PYTHONPATH=grafana $(PY) -m dashboards_src
 
 # Prometheus rules and their promtool tests: prometheus/rules/ and prometheus/tests/ from
-# prometheus/rules_src/ (thresholds and runbook_base_url in its config.yml; commit both).
+# prometheus/templates/ (thresholds and runbook_base_url in its config.yml; commit both).
 rules: bootstrap
 	@$(PY) scripts/rules.py
 

@@ -1,7 +1,7 @@
-"""Render prometheus/rules/*.yml and prometheus/tests/*.yml from prometheus/rules_src/.
+"""Render prometheus/rules/*.yml and prometheus/tests/*.yml from prometheus/templates/.
 
 Why generated (the monitoring-mixin `_config` pattern): every alert threshold lives once, in
-prometheus/rules_src/config.yml, and both the rules and their promtool unit tests are
+prometheus/templates/config.yml, and both the rules and their promtool unit tests are
 rendered from templates over it. A test written as "the queue holds
 `<< data_queue_min_files - 1 >>` files" keeps testing both sides of the boundary after the
 threshold changes, which a test with the number written out would not.
@@ -41,11 +41,11 @@ import yaml
 log = logging.getLogger("rules")
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "prometheus" / "rules_src"
+SOURCE = REPO / "prometheus" / "templates"
 DEFAULT_OUT = REPO / "prometheus"
 # Template directory under SOURCE -> output directory under --out (same file names).
 KINDS = ("rules", "tests")
-TEMPLATE_SUFFIX = ".tmpl"  # rules_src/rules/x.yml.tmpl renders rules/x.yml
+TEMPLATE_SUFFIX = ".tmpl"  # templates/rules/x.yml.tmpl renders rules/x.yml
 PLACEHOLDER = re.compile(r"<<\s*(.+?)\s*>>")
 # Integral floats below this render as integers (float64 holds every integer up to 2^53).
 EXACT_INTEGER_LIMIT = 2.0**53
@@ -285,7 +285,7 @@ def stale_files(rendered: Mapping[str, str], out: Path) -> list[str]:
         for path in sorted((out / kind).glob("*.yml")):
             if f"{kind}/{path.name}" not in rendered:
                 stale.append(f"{path} (no {path.name}{TEMPLATE_SUFFIX} in"
-                             f" prometheus/rules_src/{kind}/)")
+                             f" prometheus/templates/{kind}/)")
     return stale
 
 
@@ -297,7 +297,7 @@ def write(rendered: Mapping[str, str], out: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     for extra in stale_files(rendered, out):
-        log.warning("not generated, delete it or move it to prometheus/rules_src/: %s", extra)
+        log.warning("not generated, delete it or move it to prometheus/templates/: %s", extra)
 
 
 def main(argv: list[str] | None = None) -> int:

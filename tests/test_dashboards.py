@@ -30,7 +30,7 @@ EXPECTED = {"overview.json": "tunewatch-overview",
             "predictions.json": "tunewatch-predictions"}
 # The rules source's runbook_base_url: dashboards and alerts link to the same runbook.
 RUNBOOK_URL = yaml.safe_load(
-    (REPO / "prometheus" / "rules_src" / "config.yml").read_text())["runbook_base_url"]
+    (REPO / "prometheus" / "templates" / "config.yml").read_text())["runbook_base_url"]
 HOME = "overview.json"  # Grafana's home page
 GRAFANA_11_6_SCHEMA = 41
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}

@@ -38,9 +38,9 @@ NO_GPU_OF_RUN = "no GPU holds memory of this run"
 # never name it directly but go through the `datasource` variable.
 PROMETHEUS_UID = "tunewatch-prometheus"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-# The runbook's address: the rules source's runbook_base_url (prometheus/rules_src/
+# The runbook's address: the rules source's runbook_base_url (prometheus/templates/
 # config.yml), so that the dashboards' links and every alert's runbook_url agree.
-RULES_SOURCE = Path(__file__).resolve().parents[2] / "prometheus" / "rules_src" / "config.yml"
+RULES_SOURCE = Path(__file__).resolve().parents[2] / "prometheus" / "templates" / "config.yml"
 RUNBOOK = str(yaml.safe_load(RULES_SOURCE.read_text())["runbook_base_url"])
 DASHBOARD_TAG = "tunewatch"
 UIDS = {
