@@ -92,7 +92,8 @@ class Daemon:
         self.wake = threading.Event()
         self.watcher = Watcher(self.checkpoints, self.wake)
         self.suite: Suite | None = None
-        self._logged_regressions: set[tuple[int, str, int]] = set()  # (step, baseline, its step)
+        # The published step's regressions already logged: (step, {(baseline, its step)}).
+        self._logged_regressions: tuple[int | None, set[tuple[str, int]]] = (None, set())
         self._suite_error: str | None = None
         self._lock = threading.Lock()
         self.failures = dict.fromkeys(REASONS, 0)
@@ -335,10 +336,12 @@ class Daemon:
         if step is None:
             return
         name = self.state.checkpoints.get(step, {}).get("checkpoint", f"step {step}")
+        if self._logged_regressions[0] != step:  # a new published checkpoint: nothing said
+            self._logged_regressions = (step, set())
+        logged = self._logged_regressions[1]
         for comp in self.comparisons:
-            seen = (step, comp.baseline, comp.baseline_step)
-            if comp.regression and seen not in self._logged_regressions:
-                self._logged_regressions.add(seen)
+            if comp.regression and (comp.baseline, comp.baseline_step) not in logged:
+                logged.add((comp.baseline, comp.baseline_step))
                 log.warning("%s regresses against the %s checkpoint (step %d): exact match "
                             "%+.3f, McNemar p=%.4g", name, comp.baseline, comp.baseline_step,
                             comp.overall.difference, comp.overall.p_value)

@@ -50,7 +50,6 @@ TRAINER_STATES = ("idle", "training", "paused", "completed", "crashed")
 # The `metric` label is bounded: this many distinct names per family at most (the default
 # of `training.max_logged_metrics`); values under further names are counted as dropped.
 DEFAULT_MAX_LOGGED_METRICS = TrainingConfig.max_logged_metrics
-# Keys of an evaluation that describe the evaluation run, not the model.
 # Keys of the Trainer's evaluation metrics that describe the evaluation or the run, not the
 # model (num_input_tokens_seen: added to every evaluation by include_num_input_tokens_seen).
 EVAL_SKIPPED = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step",

@@ -31,14 +31,19 @@ class EnvOverrides:
     origins: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
+    def above(self, key: str) -> str | None:
+        """The variable (or flag) whose value holds `key`: `exporter.queue_dirs[0].priority`
+        inside a list given as TUNEWATCH_EXPORTER__QUEUE_DIRS's YAML value."""
+        return next((origin for dotted, origin in self.origins.items()
+                     if key.startswith((dotted + ".", dotted + "["))), None)
+
     def origin_of(self, key: str) -> str | None:
         """The variable behind `key`, behind a key above it (a list or mapping given as a
         YAML value: `exporter.queue_dirs[0].priority`), or below it (an unknown section)."""
         if key in self.origins:
             return self.origins[key]
-        for dotted, origin in self.origins.items():
-            if key.startswith((dotted + ".", dotted + "[")):
-                return origin
+        if (above := self.above(key)) is not None:
+            return above
         below = [origin for dotted, origin in self.origins.items()
                  if dotted.startswith(key + ".")]
         return below[0] if below else None

@@ -125,7 +125,7 @@ def load_config(
     validator.errors.extend(env.errors)
     for key in _flatten_keys(env.tree):
         validator.lines.pop(key, None)
-    for key in [k for k in validator.lines if _inside(k, env.origins)]:
+    for key in [k for k in validator.lines if env.above(k) is not None]:
         del validator.lines[key]  # a list item of the file, under a key the env replaced
     cfg = validator.build(Config, merged, "")
     for key, message in config_errors(cfg) if not validator.errors else []:
@@ -134,11 +134,6 @@ def load_config(
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(validator.errors))
     cfg.source = source
     return cfg
-
-
-def _inside(key: str, overridden: typing.Iterable[str]) -> bool:
-    """Whether `key` lies within a value set outside the file (a variable or a flag)."""
-    return any(key.startswith((o + ".", o + "[")) for o in overridden)
 
 
 def _flatten_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
